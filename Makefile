@@ -1,0 +1,35 @@
+# Two commands run the course (see README):
+#   make lab    set everything up and open the course in JupyterLab
+#   make test   set everything up and run the whole test suite (unit tests + every notebook through nbval)
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: lab test setup setup-dev sweep clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.course: $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/pip install -q -r requirements.txt -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.course requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.course
+setup-dev: $(VENV)/.dev
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
+
+test: setup-dev
+	$(BIN)/python -m pytest
+
+sweep: setup-dev
+	$(BIN)/python scripts/sweep_lora_rank.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

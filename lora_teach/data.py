@@ -1,0 +1,256 @@
+"""The shipped corpora, their deterministic train/validation splits, and the course's tasks.
+
+Every task offers the same two verbs, so one training loop serves every method:
+`task.train_batch(batch_size, generator)` -> (x, y, loss_mask) and `task.evaluate(model)` -> metrics.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import torch
+
+from .tokenizer import CharTokenizer
+
+CORPORA = {
+    "austen": ["austen/emma", "austen/mansfieldpark", "austen/northangerabbey", "austen/persuasion",
+               "austen/prideprejudice", "austen/sensesensibility"],
+    "shakespeare": ["tinyshakespeare"],
+    "melville": ["mobydick"],
+}
+CHUNK = 1000  # split granularity in characters: every 10th chunk is validation
+
+
+@lru_cache(maxsize=None)
+def load_corpus(name: str) -> str:
+    """The full text of a shipped corpus: 'austen' (six novels), 'shakespeare' or 'melville'."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {sorted(CORPORA)}")
+    root = resources.files("lora_teach") / "data"
+    parts = [gzip.decompress((root / f"{p}.txt.gz").read_bytes()).decode("utf-8") for p in CORPORA[name]]
+    return "\n\n".join(parts)
+
+
+@lru_cache(maxsize=None)
+def split_corpus(name: str) -> tuple[str, str]:
+    """(train, validation) text: consecutive 1000-character chunks, every 10th to validation."""
+    text = load_corpus(name)
+    chunks = [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)]
+    train = "".join(c for i, c in enumerate(chunks) if i % 10 != 9)
+    val = "".join(c for i, c in enumerate(chunks) if i % 10 == 9)
+    return train, val
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class LanguageModelingTask:
+    """Next-character prediction on a corpus; the metric is validation loss (nats per character)."""
+
+    def __init__(self, corpus: str, block_size: int = 128, eval_windows: int = 64):
+        tok = CharTokenizer()
+        train, val = split_corpus(corpus)
+        self.name = f"lm-{corpus}"
+        self.corpus = corpus
+        self.block_size = block_size
+        self.train_ids = tok.tensor(train)
+        self.val_ids = tok.tensor(val)
+        # fixed, evenly spaced validation windows: the same numbers every run
+        last = len(self.val_ids) - block_size - 1
+        self.eval_starts = torch.linspace(0, last, eval_windows).long()
+
+    def _windows(self, ids: torch.Tensor, starts: torch.Tensor):
+        offsets = torch.arange(self.block_size)
+        x = ids[starts[:, None] + offsets]  # (B, T)
+        y = ids[starts[:, None] + offsets + 1]  # (B, T), shifted by one
+        return x, y
+
+    def train_batch(self, batch_size: int, generator: torch.Generator | None = None):
+        """Random training windows: x, y (B, T) and a loss mask of ones."""
+        starts = torch.randint(len(self.train_ids) - self.block_size - 1, (batch_size,), generator=generator)
+        x, y = self._windows(self.train_ids, starts)
+        return x, y, torch.ones_like(x, dtype=torch.bool)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, batch_size: int = 32) -> dict:
+        """Mean validation loss over the fixed windows, and its perplexity."""
+        was_training = model.training
+        model.eval()
+        dev = _device_of(model)
+        total = 0.0
+        for i in range(0, len(self.eval_starts), batch_size):
+            x, y = self._windows(self.val_ids, self.eval_starts[i:i + batch_size])
+            _, loss = model(x.to(dev), y.to(dev))
+            total += loss.item() * len(x)
+        model.train(was_training)
+        loss = total / len(self.eval_starts)
+        return {"loss": loss, "perplexity": float(torch.tensor(loss).exp())}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str  # the input, always `text_len` characters long
+    label: str  # one of the task's label words
+
+
+class ClassificationTask:
+    """A labelled-text task scored exactly: the model reads `text + SEP` and must write the label word.
+
+    Label words start with different letters, so the prediction is the label whose first letter gets the
+    highest probability right after the separator. Training uses the loss on the label word only.
+    """
+
+    SEP = " => "
+
+    def __init__(self, name: str, labels: list[str], train: list[Example], val: list[Example],
+                 test: list[Example]):
+        if len({lab[0] for lab in labels}) != len(labels):
+            raise ValueError(f"label words must start with different letters: {labels}")
+        self.name, self.labels = name, list(labels)
+        self.train, self.val, self.test = train, val, test
+        self.tok = CharTokenizer()
+        self.first_ids = torch.tensor([self.tok.stoi[lab[0]] for lab in labels])
+        self.prompt_len = len(train[0].text) + len(self.SEP)
+        self.seq_len = self.prompt_len + max(len(lab) for lab in labels)
+
+    def prompt(self, text: str) -> str:
+        return text + self.SEP
+
+    def encode(self, examples: list[Example]):
+        """x, y (B, seq_len - 1) and a mask true exactly where y is a label character."""
+        pad = self.tok.stoi["\n"]
+        rows, masks = [], []
+        for ex in examples:
+            ids = self.tok.encode(self.prompt(ex.text) + ex.label)
+            mask = [0] * self.prompt_len + [1] * len(ex.label)
+            rows.append(ids + [pad] * (self.seq_len - len(ids)))
+            masks.append(mask + [0] * (self.seq_len - len(mask)))
+        seq = torch.tensor(rows)
+        mask = torch.tensor(masks, dtype=torch.bool)
+        return seq[:, :-1], seq[:, 1:], mask[:, 1:]
+
+    def train_batch(self, batch_size: int, generator: torch.Generator | None = None):
+        idx = torch.randint(len(self.train), (batch_size,), generator=generator).tolist()
+        return self.encode([self.train[i] for i in idx])
+
+    def prompts(self, examples: list[Example]) -> torch.Tensor:
+        """Token ids of the prompts only (B, prompt_len): what the model sees before answering."""
+        return torch.tensor([self.tok.encode(self.prompt(ex.text)) for ex in examples])
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, examples: list[Example], batch_size: int = 100) -> torch.Tensor:
+        """Index of the predicted label for each example."""
+        was_training = model.training
+        model.eval()
+        dev = _device_of(model)
+        preds = []
+        for i in range(0, len(examples), batch_size):
+            logits, _ = model(self.prompts(examples[i:i + batch_size]).to(dev))
+            preds.append(logits[:, -1, self.first_ids.to(dev)].argmax(dim=-1).cpu())
+        model.train(was_training)
+        return torch.cat(preds)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, split: str = "val") -> dict:
+        """Accuracy, and the loss on the label words, on the 'val' or 'test' split."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        examples = self.val if split == "val" else self.test
+        gold = torch.tensor([self.labels.index(ex.label) for ex in examples])
+        pred = self.predict(model, examples)
+        was_training = model.training
+        model.eval()
+        dev = _device_of(model)
+        x, y, mask = self.encode(examples)
+        _, loss = model(x.to(dev), y.to(dev), loss_mask=mask.to(dev))
+        model.train(was_training)
+        return {"accuracy": (pred == gold).float().mean().item(), "label_loss": loss.item()}
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _passages(text: str, n: int, length: int, rng: random.Random) -> list[str]:
+    """`n` passages of exactly `length` characters, whitespace collapsed, starting at a word boundary."""
+    flat = _clean(text)
+    out = []
+    while len(out) < n:
+        start = rng.randrange(len(flat) - length - 50)
+        start = flat.index(" ", start) + 1
+        out.append(flat[start:start + length])
+    return out
+
+
+AUTHORS = {"austen": "austen", "shakespeare": "shakespeare", "melville": "melville"}
+
+
+@lru_cache(maxsize=None)
+def author_task(n_train: int = 300, n_val: int = 100, n_test: int = 100, length: int = 64,
+                seed: int = 0) -> ClassificationTask:
+    """Who wrote this passage: Austen, Shakespeare or Melville? `n_*` examples per author and split."""
+    rng = random.Random(seed)
+    splits = {"train": [], "val": [], "test": []}
+    for corpus, label in AUTHORS.items():
+        train_text, val_text = split_corpus(corpus)
+        splits["train"] += [Example(p, label) for p in _passages(train_text, n_train, length, rng)]
+        held = _passages(val_text, n_val + n_test, length, rng)
+        splits["val"] += [Example(p, label) for p in held[:n_val]]
+        splits["test"] += [Example(p, label) for p in held[n_val:]]
+    for examples in splits.values():
+        rng.shuffle(examples)
+    return ClassificationTask("author", list(AUTHORS.values()), **splits)
+
+
+SENTENCE_LABELS = {"?": "question", "!": "exclamation", ".": "statement"}
+
+
+def _sentences(text: str, min_len: int, max_len: int) -> dict[str, list[str]]:
+    """Sentences by their closing mark, without it, between min_len and max_len characters."""
+    found = {mark: [] for mark in SENTENCE_LABELS}
+    for m in re.finditer(r"[^.!?]+[.!?]", _clean(text.replace('"', ""))):
+        s = m.group().strip()
+        body, mark = s[:-1].strip(), s[-1]
+        if min_len <= len(body) <= max_len and body[0].isupper() and not re.search(r"[;:]|Mr$|Mrs$|Dr$", body):
+            found[mark].append(body)
+    return found
+
+
+@lru_cache(maxsize=None)
+def sentence_task(n_train: int = 300, n_val: int = 50, n_test: int = 50, length: int = 56,
+                  seed: int = 0) -> ClassificationTask:
+    """Is this Austen sentence a question, an exclamation or a statement? Its closing mark is removed.
+
+    Sentences are left-padded with spaces to `length` characters; `n_*` examples per class and split. A
+    sentence that occurs with two different marks, or in both halves of the corpus, is left out."""
+    rng = random.Random(seed)
+    train_text, val_text = split_corpus("austen")
+    found = {"train": _sentences(train_text, 12, length), "held": _sentences(val_text, 12, length)}
+    marks_of: dict[str, set] = {}
+    for by_mark in found.values():
+        for mark, bodies in by_mark.items():
+            for body in bodies:
+                marks_of.setdefault(body, set()).add(mark)
+    in_train = {b for bodies in found["train"].values() for b in bodies}
+    splits = {"train": [], "val": [], "test": []}
+    for half, parts in (("train", {"train": n_train}), ("held", {"val": n_val, "test": n_test})):
+        for mark, label in SENTENCE_LABELS.items():
+            pool = sorted({b for b in found[half][mark] if len(marks_of[b]) == 1
+                           and (half == "train" or b not in in_train)})
+            rng.shuffle(pool)
+            need = sum(parts.values())
+            if len(pool) < need:
+                raise ValueError(f"only {len(pool)} {label} sentences for {need} examples")
+            used = 0
+            for split, n in parts.items():
+                splits[split] += [Example(s.rjust(length), label) for s in pool[used:used + n]]
+                used += n
+    for examples in splits.values():
+        rng.shuffle(examples)
+    return ClassificationTask("sentence", list(SENTENCE_LABELS.values()), **splits)

@@ -1,0 +1,107 @@
+"""Measurements every method reports: parameters, training memory, activation memory, step time, file size."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from safetensors.torch import save_file
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a tensor shared by two modules is counted once."""
+    params = list(model.parameters())  # .parameters() already skips repeats
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def print_trainable_parameters(model: torch.nn.Module) -> str:
+    """Print (and return) the trainable share, in the format PEFT's print_trainable_parameters uses."""
+    trainable, total = count_parameters(model)
+    line = f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+    print(line)
+    return line
+
+
+OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
+
+
+def training_memory(model: torch.nn.Module, optimizer: str = "adamw") -> dict[str, int]:
+    """Bytes of weights (all parameters), gradients and optimizer state (trainable ones only).
+
+    Adam keeps two moments per trainable parameter, so full fine-tuning in fp32 costs 4 + 4 + 8 = 16 bytes a
+    parameter before activations."""
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    grads = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    states = OPTIMIZER_STATES[optimizer] * grads
+    return {"weights": weights, "gradients": grads, "optimizer": states, "total": weights + grads + states}
+
+
+def activation_memory(model: torch.nn.Module, batch) -> int:
+    """Bytes of tensors autograd saves for the backward pass of one training step on `batch`.
+
+    Counted with saved-tensor hooks; parameters (already counted as weights) and storages seen twice are
+    skipped. `batch` is (x, y, loss_mask) as a task's train_batch returns it."""
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in param_storages:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    dev = next(model.parameters()).device
+    x, y, mask = (t.to(dev) for t in batch)
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(x, y, loss_mask=mask)
+    model.train(was_training)
+    del loss
+    return sum(seen.values())
+
+
+def step_time(model: torch.nn.Module, batch, *, steps: int = 10, warmup: int = 3, lr: float = 1e-3) -> float:
+    """Median seconds of one full training step (forward, backward, AdamW update) on `batch`.
+
+    Works on a copy of nothing: it really updates the trainable parameters, so time a throwaway model."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters to time a training step with")
+    opt = torch.optim.AdamW(params, lr=lr)
+    dev = params[0].device
+    x, y, mask = (t.to(dev) for t in batch)
+    model.train()
+    times = []
+    for i in range(warmup + steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        _, loss = model(x, y, loss_mask=mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    model.eval()
+    return statistics.median(times)
+
+
+def checkpoint_size(tensors: dict[str, torch.Tensor] | torch.nn.Module) -> int:
+    """Bytes on disk of `tensors` (or a module's state dict) written as one safetensors file."""
+    if isinstance(tensors, torch.nn.Module):
+        tensors = tensors.state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "checkpoint.safetensors")
+        save_file(tensors, path)
+        return os.path.getsize(path)

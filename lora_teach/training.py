@@ -1,0 +1,110 @@
+"""One training loop for every method, and the course's single place for seeds."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+SEED = 1337  # the course's one seed
+
+
+def seed_everything(seed: int = SEED) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch.Generator seeded the same way, for batch sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class History:
+    """What `train` records: the loss at each step, evaluations along the way, and timing."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    evals: list[tuple[int, dict]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000 * self.seconds / max(len(self.steps), 1)
+
+    def eval_series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one evaluation metric, for plotting."""
+        return [s for s, _ in self.evals], [m[key] for _, m in self.evals]
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int, schedule: str) -> float:
+    """Learning rate at `step`: linear warmup, then constant or cosine decay to lr/10."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(steps - warmup, 1)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: int = 32, weight_decay: float = 0.0,
+          warmup: int = 0, schedule: str = "constant", grad_clip: float | None = 1.0, seed: int = SEED,
+          eval_every: int | None = None, eval_task=None, progress: bool = True, callback=None) -> History:
+    """Train the parameters of `model` that require grad with AdamW on `task.train_batch` batches.
+
+    `model(x, y, loss_mask=mask)` must return (logits, loss). Every `eval_every` steps (and at the end)
+    `eval_task.evaluate(model)` (default: `task`) is recorded. `callback(step, loss, history)` runs after
+    each step, e.g. for a live plot. Returns the History."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters (none has requires_grad=True)")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks
+    device = params[0].device
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    eval_task = eval_task or task
+    hist = History()
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(steps), disable=not progress, desc="training", leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup, schedule)
+        x, y, mask = (t.to(device) for t in task.train_batch(batch_size, generator))
+        _, loss = model(x, y, loss_mask=mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        hist.steps.append(step + 1)
+        hist.loss.append(loss.item())
+        bar.set_postfix(loss=f"{hist.loss[-1]:.3f}")
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            hist.evals.append((step + 1, eval_task.evaluate(model)))
+            model.train()
+        if callback is not None:
+            callback(step + 1, hist.loss[-1], hist)
+    hist.seconds = time.perf_counter() - start
+    if eval_every:
+        hist.evals.append((steps, eval_task.evaluate(model)))
+    model.eval()
+    return hist
+
+
+def evaluate(model: torch.nn.Module, *tasks, **kwargs) -> dict:
+    """{task.name: task.evaluate(model)} for each task."""
+    return {task.name: task.evaluate(model, **kwargs) for task in tasks}
