@@ -33,3 +33,14 @@ sweep: setup-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Editions of the course (docs/WORKSHOP.md): both write into build/, which git ignores.
+#   make student  the student edition: every solution replaced by a `# YOUR CODE HERE` stub, checks kept
+#   make html     the static HTML edition (nbconvert), figures in place of widgets
+.PHONY: student html
+
+student: setup
+	$(BIN)/python scripts/build_student_edition.py
+
+html: setup
+	$(BIN)/python scripts/build_html.py

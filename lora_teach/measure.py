@@ -72,6 +72,9 @@ def step_time(model: torch.nn.Module, batch, *, steps: int = 10, warmup: int = 3
     """Median seconds of one full training step (forward, backward, AdamW update) on `batch`.
 
     Works on a copy of nothing: it really updates the trainable parameters, so time a throwaway model."""
+    for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters to time a training step with")
@@ -100,6 +103,8 @@ def checkpoint_size(tensors: dict[str, torch.Tensor] | torch.nn.Module) -> int:
     """Bytes on disk of `tensors` (or a module's state dict) written as one safetensors file."""
     if isinstance(tensors, torch.nn.Module):
         tensors = tensors.state_dict()
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise TypeError(f"checkpoint_size takes a dict of tensors or an nn.Module, got {type(tensors).__name__}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "checkpoint.safetensors")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .tokenizer import VOCAB, CharTokenizer
@@ -139,6 +140,7 @@ class GPT(nn.Module):
         `inputs_embeds` (B, T, C). `prefix` is one (key, value) pair per layer, each (P, C) or (B, P, C)."""
         if (idx is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of idx (token ids) or inputs_embeds (embeddings)")
+        self._check_input(idx, inputs_embeds)
         x = self.wte(idx) if idx is not None else inputs_embeds  # (B, T, C)
         if x.dim() != 3 or x.shape[-1] != self.config.n_embd:
             raise ValueError(f"embeddings must be (batch, time, {self.config.n_embd}), got {tuple(x.shape)}")
@@ -154,6 +156,27 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         loss = None if targets is None else masked_cross_entropy(logits, targets, loss_mask)
         return logits, loss
+
+    def _check_input(self, idx: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+        """Refuse ids that are not (B, T) integers in 0..vocab_size-1, embeddings of another dtype, or either
+        on another device than the model."""
+        name, t = ("idx", idx) if idx is not None else ("inputs_embeds", inputs_embeds)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        weight = self.wte.weight
+        if idx is not None:
+            if idx.dtype not in (torch.long, torch.int):
+                raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+            if idx.dim() != 2:
+                raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        elif inputs_embeds.dtype != weight.dtype:
+            raise TypeError(f"inputs_embeds must have the model's dtype {weight.dtype}, got {inputs_embeds.dtype}")
+        if t.device != weight.device:
+            raise ValueError(f"{name} is on {t.device} but the model is on {weight.device}: move it with "
+                             f".to({str(weight.device)!r})")
+        if idx is not None and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}, got values from "
+                             f"{idx.min().item()} to {idx.max().item()}")
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -177,6 +200,12 @@ class GPT(nn.Module):
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None):
     """Mean next-token cross-entropy over the positions where `mask` is true (all when it is None)."""
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must be (batch, time) = {tuple(logits.shape[:-1])} like the input, "
+                         f"got {tuple(targets.shape)}")
+    if mask is not None and mask.shape != targets.shape:
+        raise ValueError(f"loss_mask must be (batch, time) = {tuple(targets.shape)} like targets, "
+                         f"got {tuple(mask.shape)}")
     losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")  # (B*T,)
     if mask is None:
         return losses.mean()
@@ -206,7 +235,32 @@ def save_base_model(model: GPT, directory: str | Path, metadata: dict | None = N
 def base_model_card(directory: str | Path | None = None) -> dict:
     """The JSON card shipped beside the base weights: config, vocabulary and training record."""
     path = Path(directory) / CARD if directory else resources.files("lora_teach") / "weights" / CARD
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): the file is corrupt or truncated") from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (never pickle); a ValueError names a truncated or corrupt file."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a valid safetensors file ({err}): it is truncated, corrupt or "
+                         "in another format") from None
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Raise a ValueError naming every tensor of `state` that is missing, unexpected or of another shape."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"missing {k} {expected[k]}" for k in expected if k not in found]
+    problems += [f"unexpected {k} {found[k]}" for k in found if k not in expected]
+    problems += [f"{k}: file {found[k]}, model {expected[k]}" for k in expected
+                 if k in found and found[k] != expected[k]]
+    if problems:
+        raise ValueError(f"{source} does not match the model (names and shapes that differ):\n  "
+                         + "\n  ".join(problems))
 
 
 def load_base_model(device: str | torch.device | None = None, directory: str | Path | None = None) -> GPT:
@@ -216,6 +270,7 @@ def load_base_model(device: str | torch.device | None = None, directory: str | P
         raise ValueError("the weights were trained with a different vocabulary than lora_teach.tokenizer.VOCAB")
     model = GPT(GPTConfig(**card["config"]))
     path = Path(directory) / WEIGHTS if directory else resources.files("lora_teach") / "weights" / WEIGHTS
-    state = load_file(str(path))
+    state = read_safetensors(path)
+    check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
     return model.to(device or get_device()).eval()

@@ -6,6 +6,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from numbers import Real
 
 import numpy as np
 import torch
@@ -64,8 +65,12 @@ def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: in
     each step, e.g. for a live plot. Returns the History."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not isinstance(lr, Real) or isinstance(lr, bool) or not lr > 0:
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if grad_clip is not None and (not isinstance(grad_clip, Real) or isinstance(grad_clip, bool) or grad_clip < 0):
+        raise ValueError(f"grad_clip must be None or 0 (no clipping) or a number > 0, got {grad_clip!r}")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     params = trainable_parameters(model)

@@ -1,0 +1,129 @@
+"""Prompt tuning (Lester, Al-Rfou & Constant, 2021): a trainable soft prompt in front of the input embeddings.
+
+The frozen model reads [P; E(x)]: n_tokens free vectors P (n_tokens, d), then the token embeddings of x.
+Nothing else changes: no layer gets extra keys or values (that is prefix tuning) and no encoder produces the
+vectors (that is P-tuning). Only the n_tokens * d numbers of P are trained and stored per task. Outputs at the
+prompt positions are dropped, so logits line up with `idx` and prompt positions never enter the loss.
+
+Initialisations from the paper: "random" (uniform in [-0.5, 0.5]; PEFT's RANDOM keeps nn.Embedding's N(0, 1)
+instead), "vocab" (embeddings of token ids sampled from the vocabulary; the paper sampled among T5's 5,000 most
+common tokens, PEFT's SAMPLE_VOCAB samples the whole vocabulary, as we do) and text (embeddings of a real string
+such as the class-label words, repeated or cut to n_tokens, as PEFT's TEXT init does).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+import torch.nn as nn
+
+from .model import GPT, masked_cross_entropy
+from .tokenizer import CharTokenizer
+
+INIT_MODES = ("vocab", "random")
+RANDOM_RANGE = 0.5  # Lester et al.: random init uniform in [-0.5, 0.5]
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_init(init) -> None:
+    """Refuse an `init` that is not a mode, nor text the tokenizer can encode, nor plausible text."""
+    if not isinstance(init, str):
+        raise TypeError(f"init must be 'vocab', 'random' or a text (str), got {type(init).__name__}")
+    if init in INIT_MODES:
+        return
+    if not init:
+        raise ValueError("init text must not be empty; use 'vocab', 'random' or a non-empty text")
+    word = init.strip().lower()
+    if not any(ch.isspace() for ch in init) and (
+        difflib.get_close_matches(word, INIT_MODES, n=1, cutoff=0.6) or word in ("sample_vocab", "text")
+    ):
+        raise ValueError(f"unknown init {init!r}: the modes are exactly 'vocab' and 'random'; to start from a "
+                         "text, pass a phrase (with a space) rather than a single word close to a mode name")
+    CharTokenizer().encode(init)  # a ValueError names any character outside the vocabulary
+
+
+def init_token_ids(init: str, n_tokens: int, vocab_size: int) -> torch.Tensor:
+    """Token ids whose embeddings start the prompt: sampled uniformly ('vocab') or a text repeated/cut."""
+    if init == "vocab":
+        return torch.randint(vocab_size, (n_tokens,))  # global RNG: seed it for a repeatable init
+    ids = CharTokenizer().encode(init)
+    reps = -(-n_tokens // len(ids))  # ceil: repeat a short text, then cut to n_tokens
+    return torch.tensor((ids * reps)[:n_tokens])
+
+
+class PromptTuning(nn.Module):
+    """Wrap a GPT with a trainable soft prompt of `n_tokens` vectors; freezes the GPT in place.
+
+    `init` is "vocab", "random" or a text (see the module docstring). `forward(idx, targets=None, *,
+    loss_mask=None)` -> (logits (B, T, vocab) aligned with idx, loss over the real positions)."""
+
+    def __init__(self, model: GPT, n_tokens: int = 20, init: str = "vocab"):
+        super().__init__()
+        if not isinstance(model, GPT):
+            raise TypeError(f"model must be a lora_teach GPT, got {type(model).__name__}")
+        if not _is_positive_int(n_tokens):
+            raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+        block_size = model.config.block_size
+        if n_tokens >= block_size:
+            raise ValueError(f"n_tokens ({n_tokens}) must be smaller than block_size ({block_size}): the soft "
+                             "prompt and the input share the model's block_size positions")
+        _check_init(init)
+        # all checks passed: only now touch the model
+        self.base_model = model.requires_grad_(False)
+        self.n_tokens, self.init = n_tokens, init
+        weight = model.wte.weight  # (vocab, d)
+        with torch.no_grad():
+            if init == "random":
+                start = torch.empty(n_tokens, weight.shape[1]).uniform_(-RANDOM_RANGE, RANDOM_RANGE)
+            else:
+                start = weight[init_token_ids(init, n_tokens, weight.shape[0]).to(weight.device)]
+        self.soft_prompt = nn.Parameter(start.to(weight).clone())  # (n_tokens, d)
+
+    def check_length(self, T: int) -> None:
+        """Refuse an input of length T that does not fit beside the soft prompt in block_size."""
+        limit = self.base_model.config.block_size
+        if self.n_tokens + T > limit:
+            raise ValueError(f"n_tokens ({self.n_tokens}) + input length ({T}) = {self.n_tokens + T} exceeds "
+                             f"block_size ({limit}): feed inputs of at most {limit - self.n_tokens} tokens")
+
+    def inputs_embeds(self, idx: torch.Tensor) -> torch.Tensor:
+        """[soft prompt; token embeddings of idx]: (B, T) ids -> (B, n_tokens + T, d)."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        self.check_length(idx.shape[1])
+        prompt = self.soft_prompt.unsqueeze(0).expand(idx.shape[0], -1, -1)  # (B, n, d)
+        return torch.cat([prompt, self.base_model.embed(idx)], dim=1)  # (B, n + T, d)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                loss_mask: torch.Tensor | None = None):
+        """Logits (B, T, vocab) for the real positions only, and the masked loss when targets are given."""
+        logits, _ = self.base_model(inputs_embeds=self.inputs_embeds(idx))  # (B, n + T, vocab)
+        logits = logits[:, self.n_tokens:]  # (B, T, vocab): drop the prompt positions
+        loss = None if targets is None else masked_cross_entropy(logits, targets, loss_mask)
+        return logits, loss
+
+    def get_prompt_embedding_to_save(self) -> dict[str, torch.Tensor]:
+        """What a task checkpoint holds (PEFT's name): {"soft_prompt": (n_tokens, d)}, detached."""
+        return {"soft_prompt": self.soft_prompt.detach().clone()}
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Extend `idx` (B, T) by `max_new_tokens` sampled tokens, the soft prompt always in front."""
+        window = self.base_model.config.block_size - self.n_tokens
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -window:])[0][:, -1]  # (B, vocab)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx

@@ -1,0 +1,102 @@
+"""Build the static HTML edition of the course with nbconvert: one page per notebook and an index page.
+
+    python scripts/build_html.py                    # every notebooks/NN_*.ipynb as committed -> build/html/
+    python scripts/build_html.py --execute          # run each notebook first, from a clean kernel in a temp dir
+    python scripts/build_html.py notebooks/00_start_here.ipynb --out /tmp/html
+
+The committed notebooks carry the outputs of one clean run, so by default nothing is executed. Widgets need a
+live kernel, so this edition leaves them out: every widget cell of the course first draws a static figure for
+the widget's default value, and that figure is what the page shows. Progress bars (widgets too) are left out
+as well. Pages are the teacher edition: the exercises show their solutions. `build/` is git-ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import html
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbconvert import HTMLExporter
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+NOTEBOOK_LINK = re.compile(r"\]\((\d\d_\w+)\.ipynb\)")
+
+
+def is_widget_output(output) -> bool:
+    """True for an output that only a live widget manager can show (a widget view, a progress bar)."""
+    return WIDGET_MIME in output.get("data", {})
+
+
+def static_notebook(nb) -> nbformat.NotebookNode:
+    """A copy of `nb` without widget outputs and widget state; links to other notebooks point at their pages."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not is_widget_output(o)]
+        elif cell.cell_type == "markdown":
+            cell.source = NOTEBOOK_LINK.sub(r"](\1.html)", cell.source)
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def title_of(nb, fallback: str) -> str:
+    """The text of the notebook's first '# ' heading."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return fallback
+
+
+def execute(nb) -> None:
+    """Run `nb` in place from a clean kernel, in a temporary working directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
+
+
+def build(paths: list[Path], out: Path, run: bool = False) -> list[Path]:
+    """Write one HTML page per notebook and index.html into `out`; return the pages written."""
+    out.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter(template_name="lab")
+    pages, entries = [], []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        if run:
+            execute(nb)
+        title = title_of(nb, path.stem)
+        body, _ = exporter.from_notebook_node(static_notebook(nb), resources={"metadata": {"name": title}})
+        page = out / f"{path.stem}.html"
+        page.write_text(body, encoding="utf-8")
+        pages.append(page)
+        entries.append(f'<li><a href="{page.name}">{html.escape(title)}</a></li>')
+        print(f"{path.name} -> {page}")
+    index = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>lora-teach</title></head><body>\n"
+             "<h1>lora-teach: the course, static edition</h1>\n<p>Figures stand in for the interactive widgets; "
+             "run the notebooks (Binder, Colab or <code>make lab</code>) to move the sliders.</p>\n<ol>\n"
+             + "\n".join(entries) + "\n</ol>\n</body></html>\n")
+    (out / "index.html").write_text(index, encoding="utf-8")
+    return pages
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    ap.add_argument("--out", type=Path, default=ROOT / "build" / "html", help="default: build/html/")
+    ap.add_argument("--execute", action="store_true", help="execute each notebook before converting it")
+    args = ap.parse_args(argv)
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    build(paths, args.out, run=args.execute)
+    print(f"open {args.out / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The exercise checks: right answers pass, wrong ones get a specific message and a hint, nothing ever raises."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lora_teach import exercises as ex
+from lora_teach.measure import training_memory
+from lora_teach.model import GPT, CausalSelfAttention, GPTConfig
+
+BUILDING_BLOCKS = {"check_number", "check_choice", "check_function"}
+CHECKS = sorted(name for name in dir(ex) if name.startswith("check_") and name not in BUILDING_BLOCKS)
+
+
+# ------------------------------------------------------------------------------------------- reference answers
+def _lora_forward(x, weight, bias, lora_A, lora_B, alpha, r):
+    return x @ weight.T + bias + (alpha / r) * (x @ lora_A.T @ lora_B.T)
+
+
+def _prefix_attention(q, k, v, prefix_k, prefix_v, causal=True, see_prefix=True):
+    B, T, C = q.shape
+    P = prefix_k.shape[0]
+    keys = torch.cat([prefix_k.expand(B, -1, -1), k], dim=1)
+    values = torch.cat([prefix_v.expand(B, -1, -1), v], dim=1)
+    mask = torch.ones(T, P + T, dtype=torch.bool).tril(diagonal=P if see_prefix else 0)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask if causal else None)
+
+
+RIGHT = {
+    "check_weights_megabytes": 834_560 * 4 / 1e6,
+    "check_linear_weight_shape": (512, 128),
+    "check_always_austen_accuracy": 1 / 3,
+    "check_block_parameters": lambda d: 12 * d * d + 13 * d,
+    "check_largest_share": "c",
+    "check_shakespeare_gap": "c",
+    "check_adamw_memory_gb": 2.0,
+    "check_training_bytes": lambda m: training_memory(m)["total"],
+    "check_halved_batch": "b",
+    "check_why_forgetting": "c",
+    "check_adapter_parameter_count": lambda d, m: 2 * m * d + d + m,
+    "check_prefix_parameter_count": lambda n_layer, p, d: 2 * n_layer * p * d,
+    "check_prepend_virtual_tokens": lambda v, x: torch.cat([v.expand(x.shape[0], -1, -1), x], dim=1),
+    "check_prefix_attention": _prefix_attention,
+    "check_lora_parameter_count": lambda i, o, r: r * (i + o),
+    "check_lora_forward": _lora_forward,
+    "check_lora_merge": lambda w, a, b, alpha, r: w + (alpha / r) * (b @ a),
+}
+
+# (check, a wrong answer, words the message must contain): the common mistakes get their own message
+MISTAKES = [
+    ("check_weights_megabytes", 834_560 * 4 / 2**20, "MiB"),
+    ("check_weights_megabytes", 834_560 / 1e6, "4 bytes"),
+    ("check_linear_weight_shape", (128, 512), "(in_features, out_features)"),
+    ("check_always_austen_accuracy", 33.3, "percentage"),
+    ("check_block_parameters", lambda d: 12 * d * d + 9 * d, "layer norms"),
+    ("check_block_parameters", lambda d: 12 * d * d + 4 * d, "biases"),
+    ("check_largest_share", "b", "attention projections come second"),
+    ("check_shakespeare_gap", "a", "vocabulary"),
+    ("check_adamw_memory_gb", 0.5, "only the weights"),
+    ("check_adamw_memory_gb", 1.5, "two moments"),
+    ("check_adamw_memory_gb", 1.86, "GiB"),
+    ("check_training_bytes", lambda m: 16 * sum(p.numel() for p in m.parameters()), "frozen"),
+    ("check_training_bytes", lambda m: 16 * sum(p.numel() for p in m.parameters() if p.requires_grad),
+     "frozen weights still sit in memory"),
+    ("check_halved_batch", "a", "whatever the batch size"),
+    ("check_why_forgetting", "b", "learning rate"),
+    ("check_adapter_parameter_count", lambda d, m: 2 * m * d, "biases"),
+    ("check_prefix_parameter_count", lambda n_layer, p, d: p * d, "prompt tuning"),
+    ("check_prefix_parameter_count", lambda n_layer, p, d: n_layer * p * d, "key AND a value"),
+    ("check_prepend_virtual_tokens", lambda v, x: torch.cat([v, x], dim=1), "expand"),
+    ("check_prepend_virtual_tokens", lambda v, x: torch.cat([x, v.expand(x.shape[0], -1, -1)], dim=1), "in front"),
+    ("check_prefix_attention", lambda q, k, v, pk, pv: _prefix_attention(q, k, v, pk, pv, causal=False),
+     "must not see the future"),
+    ("check_prefix_attention", lambda q, k, v, pk, pv: _prefix_attention(q, k, v, pk, pv, see_prefix=False),
+     "all 3 prefix slots"),
+    ("check_lora_parameter_count", lambda i, o, r: 2 * r * i, "square"),
+    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w.T + b + alpha * (x @ a.T @ bb.T), "alpha / r"),
+    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w.T + b + (x @ a.T @ bb.T), "scaling"),
+    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w + b, "shapes"),
+    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w.T + (alpha / r) * (x @ a.T @ bb.T), "bias"),
+    ("check_lora_merge", lambda w, a, b, alpha, r: w.add_((alpha / r) * (b @ a)), "in place"),
+    ("check_lora_merge", lambda w, a, b, alpha, r: w - (alpha / r) * (b @ a), "unmerging"),
+]
+
+# answers a student might leave or type by accident: each must get a ✗ with a hint, never an exception
+GARBAGE = [None, "x", 3, -1.5, float("nan"), True, [1, 2], (1,), torch.zeros(3), object(),
+           lambda *args: 1 / 0, lambda *args: None, lambda *args: "text", lambda *args: torch.zeros(2, 2)]
+
+
+def test_every_check_has_a_right_answer_in_this_file():
+    assert set(CHECKS) == set(RIGHT)
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_the_right_answer_passes_with_a_tick(name, capsys):
+    assert getattr(ex, name)(RIGHT[name]) is True
+    out = capsys.readouterr().out
+    assert out.startswith("✓ ") and "✗" not in out
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_the_student_stub_fails_with_a_hint(name, capsys):
+    assert getattr(ex, name)(None) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and "None" in out and "\n  Hint: " in out
+
+
+@pytest.mark.parametrize("name", CHECKS)
+@pytest.mark.parametrize("answer", GARBAGE, ids=lambda a: type(a).__name__)
+def test_a_wrong_answer_never_raises(name, answer, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and "\n  Hint: " in out and "Traceback" not in out
+
+
+def test_a_stub_function_gets_the_replace_return_none_message(capsys):
+    def block_parameters(d):
+        return None
+
+    assert ex.check_block_parameters(block_parameters) is False
+    assert "returned None: replace `return None`" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,answer,words", MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES)])
+def test_a_common_mistake_gets_its_own_message(name, answer, words, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and words in out
+
+
+def test_an_error_in_the_students_code_is_reported_not_raised(capsys):
+    def lora_forward(x, weight, bias, lora_A, lora_B, alpha, r):
+        raise KeyError("oops")
+
+    assert ex.check_lora_forward(lora_forward) is False
+    out = capsys.readouterr().out
+    assert "raised KeyError" in out and "oops" in out
+
+
+def test_a_function_that_changes_requires_grad_fails(capsys):
+    def sneaky(model):
+        model.requires_grad_(True)
+        return training_memory(model)["total"]
+
+    assert ex.check_training_bytes(sneaky) is False
+    assert "require" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the checks match the package
+def test_weights_megabytes_follows_the_shipped_model():
+    n = sum(p.numel() for p in GPT(GPTConfig()).parameters())
+    assert ex._base_parameters() == n
+
+
+def test_block_count_reference_is_twelve_d_squared_plus_thirteen_d():
+    for d in (4, 8, 128):
+        assert ex._block_reference(d) == 12 * d * d + 13 * d
+
+
+def test_prefix_attention_reference_is_the_models_prefix_attention():
+    """One head, identity projections: the model's attention with a prefix equals the check's reference."""
+    d, P = 8, 3
+    attn = CausalSelfAttention(GPTConfig(n_embd=d, n_head=1)).double()
+    with torch.no_grad():
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+            proj.weight.copy_(torch.eye(d))
+            proj.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, d, generator=g, dtype=torch.float64)
+    pk, pv = torch.randn(P, d, generator=g, dtype=torch.float64), torch.randn(P, d, generator=g, dtype=torch.float64)
+    expected = attn(x, prefix=(pk, pv))
+    torch.testing.assert_close(ex._prefix_attention_reference(x, x, x, pk, pv), expected)
+    torch.testing.assert_close(_prefix_attention(x, x, x, pk, pv), expected)
+
+
+def test_lora_references_match_the_packages_lora_layer():
+    lora = pytest.importorskip("lora_teach.lora")
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 4).double()
+    layer = lora.LoRALinear(base, r=2, alpha=4.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    args = (x, base.weight, base.bias, layer.lora_A, layer.lora_B, 4.0, 2)
+    torch.testing.assert_close(ex._lora_forward(*args), layer(x))
+    torch.testing.assert_close(base.weight + (4.0 / 2) * (layer.lora_B @ layer.lora_A),
+                               base.weight + layer.get_delta_weight())
+
+
+# ------------------------------------------------------------------------------------------ building blocks
+def test_check_number_says_too_large_or_too_small(capsys):
+    kwargs = dict(name="n", hint="h", explanation="e")
+    assert ex.check_number(11, 10, **kwargs) is False
+    assert "too large" in capsys.readouterr().out
+    assert ex.check_number(torch.tensor(9.0), 10, **kwargs) is False
+    assert "too small" in capsys.readouterr().out
+    assert ex.check_number(10.05, 10, **kwargs) is True
+    assert ex.check_number(math.inf, 10, **kwargs) is False
+
+
+def test_check_choice_accepts_any_case_and_brackets(capsys):
+    kwargs = dict(name="choice", explanation="because", wrong={"a": "no", "b": "no"})
+    assert ex.check_choice(" (C) ", "c", **kwargs) is True
+    assert ex.check_choice("e", "c", **kwargs) is False
+    assert "not one of the options 'a', 'b', 'c'" in capsys.readouterr().out
+
+
+def test_check_function_ignores_a_failing_diagnosis(capsys):
+    def diagnose(case, got):
+        raise RuntimeError("bug in the diagnosis")
+
+    ok = ex.check_function(lambda x: x + 1, name="f", cases=[(1,)], reference=lambda x: x, hint="the hint",
+                           explanation="e", diagnose=diagnose)
+    assert ok is False and "Hint: the hint" in capsys.readouterr().out
+
+
+def test_check_function_compares_tuples_of_tensors(capsys):
+    t = torch.ones(2)
+    kwargs = dict(name="f", cases=[(t,)], reference=lambda x: (x, 2 * x), hint="h", explanation="e")
+    assert ex.check_function(lambda x: (x, 2 * x), **kwargs) is True
+    assert ex.check_function(lambda x: (x,), **kwargs) is False
+    assert ex.check_function(lambda x: (x, 3 * x), **kwargs) is False
+    assert "item 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["check_block_parameters", "check_training_bytes"])
+def test_a_check_leaves_the_random_stream_alone(name):
+    torch.manual_seed(0)
+    getattr(ex, name)(RIGHT[name])
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(after, torch.rand(3))
+
+
+# ------------------------------------------------------------------------ notebooks 05 and 06 (prompt, P-tuning)
+RIGHT.update({
+    "check_t5_prompt_numbers": 100 * 4096,
+    "check_prompt_activation_memory": "c",
+    "check_label_logit_position": "d",
+    "check_p_tuning_kept_numbers": 20 * 128,
+    "check_why_prompt_encoder": "b",
+})
+
+MISTAKES_05_06 = [
+    ("check_t5_prompt_numbers", 100, "vector of d numbers"),
+    ("check_t5_prompt_numbers", 2 * 24 * 100 * 4096, "prefix tuning"),
+    ("check_prompt_activation_memory", "b", "optimizer"),
+    ("check_label_logit_position", "a", "P19"),
+    ("check_p_tuning_kept_numbers", 234_240, "encoder's parameter count"),
+    ("check_p_tuning_kept_numbers", 20, "vector of d numbers"),
+    ("check_why_prompt_encoder", "c", "inference costs the same"),
+]
+
+
+@pytest.mark.parametrize("name,answer,words", MISTAKES_05_06, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES_05_06)])
+def test_a_common_mistake_gets_its_own_message_05_06(name, answer, words, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and words in out
