@@ -1,7 +1,7 @@
 """Measure all six methods on the same base, tasks, step budget and seeds; write CSV files and figures.
 
     python benchmarks/compare_methods.py            # full: 3 tasks x 6 methods x 3 seeds, 150 steps each
-    python benchmarks/compare_methods.py --quick    # reduced: author task, 30 steps, one seed (as in the tests)
+    python benchmarks/compare_methods.py --quick    # reduced: author task, 20 steps, one seed (as in the tests)
 
 Writes, under --out (default lora_teach/results/, shipped with the package so notebook 10 reads it anywhere):
     comparison_runs.csv       one row per (method, task, seed)

@@ -128,7 +128,7 @@ class Budget:
     seeds: tuple = (SEED, SEED + 1, SEED + 2)
 
 
-QUICK = Budget(steps={"author": 30}, seeds=(SEED,))
+QUICK = Budget(steps={"author": 20}, seeds=(SEED,))
 
 
 def run_one(method: str, task_name: str, base: torch.nn.Module, seed: int, steps: int, batch_size: int,

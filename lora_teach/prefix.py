@@ -46,7 +46,7 @@ class PrefixTuning(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(cfg.n_embd, hidden), nn.Tanh(), nn.Linear(hidden, 2 * cfg.n_layer * cfg.n_embd)
         ).to(like.device, like.dtype)
-        # a random last layer would hand every layer large random keys and values: start near zero instead
+        # start the prefix near zero vectors rather than at random keys and values
         nn.init.normal_(self.mlp[-1].weight, std=1e-3)
         nn.init.zeros_(self.mlp[-1].bias)
         self.register_parameter("prefix", None)  # (L, 2, P, d) once the MLP is dropped

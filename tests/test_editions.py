@@ -114,7 +114,17 @@ def test_student_notebook_warns_about_answers_left_in_markdown():
 
 
 # ------------------------------------------------------------------------------- the course's notebooks
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] != "00"], ids=lambda p: p.name)
+# Notebooks whose "Check your understanding" is still markdown questions with <details> answers: the classroom
+# issue stays open until this set is empty. strict=True makes a converted notebook fail here until it leaves
+# the set, so the list cannot go stale.
+NOT_YET_GRADED = {"03_adapters.ipynb", "04_prefix_tuning.ipynb", "07_low_rank_intuition.ipynb",
+                  "08_lora_from_scratch.ipynb", "09_lora_in_practice.ipynb", "10_choosing_a_method.ipynb"}
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="exercises not converted yet"))
+    if p.name in NOT_YET_GRADED else p
+    for p in NOTEBOOKS if p.name[:2] != "00"], ids=lambda p: p.name)
 def test_every_notebook_from_01_on_has_two_graded_exercises(path):
     nb = _read(path)
     exercises = [c for c in _exercise_cells(nb) if "# BEGIN SOLUTION" in c.source]

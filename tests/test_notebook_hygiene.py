@@ -254,4 +254,4 @@ def test_the_memory_script_passes_a_clean_notebook_and_reports_its_peak(tmp_path
     path = synthetic_notebook(tmp_path, "x = [0] * 1000\nprint(len(x))")
     row = memory_script().run(path, budget_mb=1792, git_check=False)
     assert row["problems"] == [] and row["refused"] == []
-    assert 10 < row["peak_rss_mb"] < 1792 and row["peak_address_space_mb"] >= row["peak_rss_mb"]
+    assert 10 < row["peak_rss_mb"] < 1792 and row["peak_address_space_mb"] > 0
