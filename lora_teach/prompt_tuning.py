@@ -18,7 +18,7 @@ import difflib
 import torch
 import torch.nn as nn
 
-from .model import GPT, masked_cross_entropy
+from .model import GPT, masked_cross_entropy, sample_next
 from .tokenizer import CharTokenizer
 
 INIT_MODES = ("vocab", "random")
@@ -117,13 +117,6 @@ class PromptTuning(nn.Module):
         window = self.base_model.config.block_size - self.n_tokens
         for _ in range(max_new_tokens):
             logits = self(idx[:, -window:])[0][:, -1]  # (B, vocab)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+            nxt = sample_next(logits, temperature, top_k, generator)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
