@@ -1,7 +1,8 @@
 """Execute every course notebook from a clean kernel and report its wall time and the kernel's peak RSS.
 
     python scripts/notebook_budget.py                 # print the table
-    python scripts/notebook_budget.py --update-readme # also rewrite the table in README.md
+    python scripts/notebook_budget.py --update-docs   # also write the times into the README's course map,
+                                                      # docs/WORKSHOP.md and each notebook's "Run time" line
 
 Notebooks run on copies in a temporary directory, so the committed ones are not touched. Targets on two CPU
 cores: each notebook 45 s or less, the whole course 6 min or less, peak RSS 1.5 GB or less per kernel.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import tempfile
 import time
@@ -43,10 +45,70 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+BLOCK = re.compile(r"(<!-- budget:start -->\n).*?(<!-- budget:end -->)", re.S)
+HEADER = re.compile(r"(\*\*Run time:\*\* )(?:about \d+ s|a few seconds)(?: on two CPU cores)?")
+
+
+def about(seconds: float) -> str:
+    """The header's wording of a measured time: rounded up to the next 5 s."""
+    return f"about {5 * math.ceil(seconds / 5)} s on two CPU cores"
+
+
+def course_map(text: str, rows: list[dict]) -> str:
+    """README: fill the run-time and peak-RSS columns of the course map between the budget markers."""
+    by_name = {r["notebook"]: r for r in rows}
+
+    def fill(block: re.Match) -> str:
+        lines = block[0].splitlines()
+        out = []
+        for line in lines:
+            name = re.search(r"\(notebooks/([^)]+\.ipynb)\)", line)
+            if name and name[1] in by_name:
+                r = by_name[name[1]]
+                cells = line.strip().strip("|").split("|")
+                line = "|".join(["", *cells[:2], f" {r['seconds']:.0f} ", f" {r['peak_rss_mb']} ", ""])
+            elif line.startswith("| **whole course**"):
+                line = (f"| **whole course** | | **{sum(r['seconds'] for r in rows):.0f}** | "
+                        f"max {max(r['peak_rss_mb'] for r in rows)} |")
+            out.append(line)
+        return "\n".join(out)
+
+    new, n = BLOCK.subn(fill, text)
+    if n != 1:
+        raise ValueError("README.md needs exactly one <!-- budget:start --> ... <!-- budget:end --> block")
+    return new
+
+
+def workshop_table(text: str, rows: list[dict]) -> str:
+    """docs/WORKSHOP.md: rewrite the run-time table between the budget markers."""
+    lines = ["| notebook | run all (s) | kernel peak RSS (MB) |", "| --- | --- | --- |"]
+    lines += [f"| {r['notebook'][:2]} · {r['notebook'][3:-6].replace('_', ' ')} | {r['seconds']:.0f} | "
+              f"{r['peak_rss_mb']} |" for r in rows]
+    lines.append(f"| **whole course** | **{sum(r['seconds'] for r in rows):.0f}** (target: 360 or less) | |")
+    new, n = BLOCK.subn(lambda m: m[1] + "\n".join(lines) + "\n" + m[2], text)
+    if n != 1:
+        raise ValueError("docs/WORKSHOP.md needs exactly one <!-- budget:start --> ... <!-- budget:end --> block")
+    return new
+
+
+def update_docs(rows: list[dict]) -> None:
+    """Write the measured times into the README's course map, docs/WORKSHOP.md and every notebook's header."""
+    for path, update in ((ROOT / "README.md", course_map), (ROOT / "docs" / "WORKSHOP.md", workshop_table)):
+        path.write_text(update(path.read_text(), rows))
+    for r in rows:
+        path = ROOT / "notebooks" / r["notebook"]
+        nb = nbformat.read(path, as_version=4)
+        header = next(c for c in nb.cells if c.cell_type == "markdown" and HEADER.search(c.source))
+        wording = about(r["seconds"])
+        header.source = HEADER.sub(lambda m, wording=wording: m[1] + wording, header.source, count=1)
+        nbformat.write(nb, path)
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", "--update-readme", action="store_true", dest="update_docs",
+                    help="write the measured times into README.md, docs/WORKSHOP.md and the notebooks' headers")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -57,12 +119,8 @@ def main(argv=None) -> list[dict]:
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    if args.update_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        new = re.sub(r"(<!-- budget:start -->).*?(<!-- budget:end -->)", lambda m: m[1] + "\n" + table(rows) + "\n" + m[2],
-                     text, flags=re.S)
-        readme.write_text(new)
+    if args.update_docs:
+        update_docs(rows)
     return rows
 
 

@@ -1,4 +1,6 @@
-"""Run the LoRA sweep behind notebook 09 and write lora_teach/results/lora_rank_sweep.csv (package data, so Colab has it too).
+"""Run the LoRA sweep behind notebook 09 and write lora_teach/results/lora_rank_sweep.csv.
+
+The CSV is package data, so Colab has it too.
 
 Each configuration is one papermill execution of notebooks/sweeps/lora_rank.ipynb (a notebook with a cell
 tagged `parameters`); the executed copies go to a temporary directory and only their `RESULT` lines are kept.
