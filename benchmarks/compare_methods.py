@@ -2,6 +2,7 @@
 
     python benchmarks/compare_methods.py            # full: 3 tasks x 6 methods x 3 seeds, 150 steps each
     python benchmarks/compare_methods.py --quick    # reduced: author task, 20 steps, one seed (as in the tests)
+    python benchmarks/compare_methods.py --latency-only   # only inference_latency.csv (a minute)
 
 Writes, under --out (default lora_teach/results/, shipped with the package so notebook 10 reads it anywhere):
     comparison_runs.csv       one row per (method, task, seed)
@@ -51,11 +52,11 @@ def plot(summary: list[dict], path: Path) -> None:
     use_course_style()
     tasks = list(dict.fromkeys(r["task"] for r in summary))
     fig, axes = plt.subplots(len(tasks), 2, figsize=(9, 3 * len(tasks)), squeeze=False)
-    for row_axes, task in zip(axes, tasks):
+    for row_axes, task in zip(axes, tasks, strict=True):
         for r in (r for r in summary if r["task"] == task):
             style = method_style(r["method"])
             memory = (r["activation_bytes"] + r.get("trainable", 0) * 12) / 2**20
-            for ax, x in zip(row_axes, (r["trainable"], memory)):
+            for ax, x in zip(row_axes, (r["trainable"], memory), strict=True):
                 ax.errorbar(x, r["quality"], yerr=r.get("quality_std", 0), marker="o", color=style["color"],
                             label=style["label"], capsize=3)
         ylabel = "validation loss (lower is better)" if task == "shakespeare" else "accuracy"
@@ -73,6 +74,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced configuration")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--latency-only", action="store_true", help="measure and write only inference_latency.csv")
     ap.add_argument("--figure", type=Path, help="also save a figure of quality against parameters and memory")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,10 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = load_base_model(device)
     t0 = time.perf_counter()
+    if args.latency_only:
+        write_csv(args.out / "inference_latency.csv", inference_latency(base))
+        print(f"wrote {args.out / 'inference_latency.csv'} in {time.perf_counter() - t0:.0f} s")
+        return
 
     def log(row):
         print(f"[{time.perf_counter() - t0:6.0f} s] {row['task']:11s} {row['method']:9s} seed {row['seed']} "

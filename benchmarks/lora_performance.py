@@ -106,8 +106,8 @@ def main(argv=None) -> dict:
           "| <= 0.75 |")
     print(f"| inference, merged LoRA (merge_and_unload) / base | {i['merged']:.2f} / {i['base']:.2f} ms = "
           f"**{i['ratio_merged']:.3f}** | <= 1.02 |")
-    print(f"| inference, merged but still wrapped in LoRALinear / base | {i['merged_wrapped']:.2f} / {i['base']:.2f} ms "
-          f"= {i['ratio_merged_wrapped']:.3f} | (for reference) |")
+    print(f"| inference, merged but still wrapped in LoRALinear / base | {i['merged_wrapped']:.2f} / "
+          f"{i['base']:.2f} ms = {i['ratio_merged_wrapped']:.3f} | (for reference) |")
     print(f"| inference, unmerged LoRA / base | {i['unmerged']:.2f} / {i['base']:.2f} ms = {i['ratio_unmerged']:.3f} "
           "| (for reference) |")
     for name, mem in memory.items():
