@@ -2,12 +2,13 @@
 
     python benchmarks/compare_methods.py            # full: 3 tasks x 6 methods x 3 seeds, 150 steps each
     python benchmarks/compare_methods.py --quick    # reduced: author task, 20 steps, one seed (as in the tests)
-    python benchmarks/compare_methods.py --latency-only   # only inference_latency.csv (a minute)
+    python benchmarks/compare_methods.py --timing-only    # only the two timing files below (a few minutes)
 
 Writes, under --out (default lora_teach/results/, shipped with the package so notebook 10 reads it anywhere):
     comparison_runs.csv       one row per (method, task, seed)
     comparison_summary.csv    mean and standard deviation over seeds
     inference_latency.csv     forward latency of each method as served, and its ratio to the base
+    training_step_times.csv   training-step time of each method, all methods timed in alternating rounds
     small_data_curves.csv     full fine-tuning and LoRA on 8 passages per author: train vs validation
 """
 
@@ -33,6 +34,7 @@ from lora_teach.compare import (  # noqa: E402
     run_comparison,
     small_data_curves,
     summarise,
+    training_step_times,
 )
 from lora_teach.plotting import method_style, use_course_style  # noqa: E402
 
@@ -46,6 +48,12 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def write_timings(out: Path, base, tasks=("shakespeare", "author")) -> None:
+    """The timing files: forward latency as served, and training-step times in alternating rounds."""
+    write_csv(out / "inference_latency.csv", inference_latency(base))
+    write_csv(out / "training_step_times.csv", training_step_times(base, tasks=tasks))
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -74,7 +82,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced configuration")
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--latency-only", action="store_true", help="measure and write only inference_latency.csv")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="measure and write only inference_latency.csv and training_step_times.csv")
     ap.add_argument("--figure", type=Path, help="also save a figure of quality against parameters and memory")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -82,9 +91,9 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = load_base_model(device)
     t0 = time.perf_counter()
-    if args.latency_only:
-        write_csv(args.out / "inference_latency.csv", inference_latency(base))
-        print(f"wrote {args.out / 'inference_latency.csv'} in {time.perf_counter() - t0:.0f} s")
+    if args.timing_only:
+        write_timings(args.out, base)
+        print(f"wrote the timings into {args.out} in {time.perf_counter() - t0:.0f} s")
         return
 
     def log(row):
@@ -95,7 +104,7 @@ def main(argv=None) -> None:
     summary = summarise(rows)
     write_csv(args.out / "comparison_runs.csv", rows)
     write_csv(args.out / "comparison_summary.csv", summary)
-    write_csv(args.out / "inference_latency.csv", inference_latency(base))
+    write_timings(args.out, base, tasks=tuple(budget.steps))
     if not args.quick:
         write_csv(args.out / "small_data_curves.csv", small_data_curves(base, seeds=budget.seeds))
     if args.figure:

@@ -192,6 +192,25 @@ def inference_latency(base: torch.nn.Module, batch_size: int = 64, repeats: int 
     return rows
 
 
+def training_step_times(base: torch.nn.Module, tasks=("shakespeare", "author"), methods=METHODS,
+                        batch_size: int = 16, rounds: int = 5, steps: int = 3) -> list[dict]:
+    """Median training-step time of each method on each task, timed in rounds that visit every method in turn,
+    so that a slow moment of the machine hits all of them alike (the step times taken during the comparison's
+    training runs do not have that protection). One row per (method, task)."""
+    rows = []
+    for task_name in tasks:
+        task = make_task(task_name)
+        batch = task.train_batch(batch_size, torch.Generator().manual_seed(SEED))
+        models = {m: build(m, base, task) for m in methods}
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(rounds):
+            for m, model in models.items():
+                times[m].append(step_time(model, batch, steps=steps, warmup=1))
+        rows += [{"method": m, "task": task_name, "batch": f"{batch_size} x {batch[0].shape[1]}",
+                  "step_ms": 1000 * statistics.median(t)} for m, t in times.items()]
+    return rows
+
+
 def summarise(rows: list[dict], keys=("quality", "trainable", "checkpoint_bytes", "step_ms", "activation_bytes",
                                       "austen_loss", "train_loss_end")) -> list[dict]:
     """Mean and standard deviation over seeds for each (method, task)."""
