@@ -10,7 +10,7 @@ import gzip
 import random
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import torch
@@ -26,7 +26,7 @@ CORPORA = {
 CHUNK = 1000  # split granularity in characters: every 10th chunk is validation
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_corpus(name: str) -> str:
     """The full text of a shipped corpus: 'austen' (six novels), 'shakespeare' or 'melville'."""
     if name not in CORPORA:
@@ -36,7 +36,7 @@ def load_corpus(name: str) -> str:
     return "\n\n".join(parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def split_corpus(name: str) -> tuple[str, str]:
     """(train, validation) text: consecutive 1000-character chunks, every 10th to validation."""
     text = load_corpus(name)
@@ -191,7 +191,7 @@ def _passages(text: str, n: int, length: int, rng: random.Random) -> list[str]:
 AUTHORS = {"austen": "austen", "shakespeare": "shakespeare", "melville": "melville"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def author_task(n_train: int = 300, n_val: int = 100, n_test: int = 100, length: int = 64,
                 seed: int = 0) -> ClassificationTask:
     """Who wrote this passage: Austen, Shakespeare or Melville? `n_*` examples per author and split."""
@@ -222,7 +222,7 @@ def _sentences(text: str, min_len: int, max_len: int) -> dict[str, list[str]]:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def sentence_task(n_train: int = 300, n_val: int = 50, n_test: int = 50, length: int = 56,
                   seed: int = 0) -> ClassificationTask:
     """Is this Austen sentence a question, an exclamation or a statement? Its closing mark is removed.

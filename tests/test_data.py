@@ -32,7 +32,7 @@ def test_classification_batches_mask_only_the_label():
     x, y, mask = task.train_batch(8, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == mask.shape == (8, task.seq_len - 1)
     tok = task.tok
-    for row_y, row_m in zip(y, mask):
+    for row_y, row_m in zip(y, mask, strict=True):
         assert tok.decode(row_y[row_m]) in task.labels
     # the first masked target is predicted right after the separator
     first = mask.float().argmax(dim=1)

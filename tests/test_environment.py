@@ -1,8 +1,9 @@
 """The set-up files agree with each other, so conda/Binder and pip users get the same course."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

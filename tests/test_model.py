@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lora_teach.model import GPT, GPTConfig, load_base_model, masked_cross_entropy
+from lora_teach.model import GPTConfig, load_base_model, masked_cross_entropy
 
 
 def test_shapes_and_loss(tiny_model, tiny_config):
