@@ -436,8 +436,8 @@ def check_adapter_parameter_count(fn) -> bool:
         fn, name="adapter_parameters", arg_names=["d", "m"], cases=[(128, 16), (64, 8), (10, 3)],
         reference=reference, diagnose=mistakes,
         hint="down-projection: an (m, d) weight and m biases; up-projection: a (d, m) weight and d biases.",
-        explanation="2·m·d + d + m: at d = 128 and m = 16 that is 4,240 per adapter, against 66,048 for one "
-                    "attention projection.")
+        explanation="2·m·d + d + m: at d = 128 and m = 16 that is 4,240 per adapter, against 16,512 for one "
+                    "attention projection (66,048 for the four).")
 
 
 def check_prefix_parameter_count(fn) -> bool:
@@ -704,3 +704,410 @@ def check_why_prompt_encoder(answer) -> bool:
                     "embeddings' rather discrete space, and the virtual tokens should depend on one another; a "
                     "bidirectional LSTM builds that in. Section 5 tests the claim on our model: here the encoder "
                     "did not help.")
+
+
+# ----------------------------------------------------------------------------------------------- notebook 03
+PFEIFFER_CASE = {"d": 128, "n_layer": 4, "m": 32}  # our model, one adapter per block, layer norms frozen
+
+
+def _pfeiffer_reference(d: int, n_layer: int, m: int) -> int:
+    return n_layer * (2 * m * d + d + m)  # one adapter per block
+
+
+def check_pfeiffer_parameter_count(answer) -> bool:
+    """03: trainable parameters of Pfeiffer adapters with m = 32 and frozen layer norms on our model."""
+    d, n_layer, m = PFEIFFER_CASE["d"], PFEIFFER_CASE["n_layer"], PFEIFFER_CASE["m"]
+    one = 2 * m * d + d + m
+    expected = _pfeiffer_reference(d, n_layer, m)
+    layer_norms = 2 * d * (2 * n_layer + 1)
+    return check_number(
+        answer, expected, name="pfeiffer_m32", rel_tol=1e-6,
+        hint="one adapter per block (after the MLP), each 2·m·d + d + m; the layer norms are frozen here.",
+        explanation=f"{n_layer} × (2·{m}·{d} + {d} + {m}) = {n_layer} × {one:,} = {expected:,}, between the "
+                    "table's 16,960 (m = 16) and 66,304 (m = 64): the count grows almost linearly in m. Check it: "
+                    "count_parameters(add_adapters(copy.deepcopy(base), 32, 'pfeiffer', train_layer_norms=False)).",
+        mistakes=[(2 * expected, "that is Houlsby placement, two adapters per block; Pfeiffer keeps one, after "
+                                 "the MLP."),
+                  (expected + layer_norms, f"that includes the layer norms' {layer_norms:,} parameters; here they "
+                                           "are frozen."),
+                  (one, f"that is one adapter; the model has {n_layer} blocks with one adapter each."),
+                  (n_layer * 2 * m * d, "you left out the biases: m for the down-projection, d for the up one."),
+                  (n_layer * (2 * m * d + 2 * d), "the down-projection's bias has m numbers (its output size), "
+                                                  "not d."),
+                  (n_layer * (m * d + d + m), "an adapter has two projections, down (d → m) and up (m → d), "
+                                              "each with m·d weights."),
+                  (_base_parameters() + expected, "that is every parameter of the adapted model; only the "
+                                                  "adapters are trained.")])
+
+
+def check_adapter_without_skip(answer) -> bool:
+    """03: what the Houlsby-adapted model computes at step 0 if the adapter had no skip connection."""
+    return check_choice(
+        answer, "b", name="no_skip",
+        wrong={"a": "without the skip connection, an adapter that outputs zero replaces the sublayer's output by "
+                    "zero: the sublayer is deleted, not kept.",
+               "c": "the residual stream still carries the token and position embeddings past every block; the "
+                    "blocks add zero to it, they do not replace it.",
+               "d": "Houlsby placement wraps both sublayers, attention and MLP. With Pfeiffer placement (after "
+                    "the MLP only) this would be the answer."},
+        explanation="Every wrapped sublayer now outputs zero, so the blocks add nothing to the residual stream and "
+                    "the model is embeddings → final layer norm → output head, far from the pretrained model. The "
+                    "skip connection is what makes a zero up-projection the identity: with it, step 2 printed "
+                    "`output equals input exactly: True` and the adapted model gave the base's logits bit for bit.")
+
+
+def check_why_adapters_cannot_merge(answer) -> bool:
+    """03: what stops an adapter from being merged into the frozen weights, as LoRA's update is."""
+    return check_choice(
+        answer, "c", name="merge_blocker",
+        wrong={"a": "without the GELU the biases would fold in too: (I + W_up W_down) y + W_up b_down + b_up is "
+                    "affine, and its constant joins the bias of the layer the adapter follows.",
+               "b": "x + W_up W_down x = (I + W_up W_down) x is one d × d matrix: the skip connection alone would "
+                    "merge without trouble.",
+               "d": "the product W_up W_down is d × d whatever m is, just as LoRA's B A has the weight's shape "
+                    "although neither B nor A is square."},
+        explanation="With σ(z) = z the adapter would be affine, (I + W_up W_down) y + W_up b_down + b_up, and "
+                    "could be folded into the projection it follows. The GELU makes it a non-linear function of "
+                    "its input, which no single matrix replaces: the non-linearity adds capacity, and it keeps "
+                    "the extra layers in every forward pass, the inference latency measured above.")
+
+
+# ----------------------------------------------------------------------------------------------- notebook 04
+PREFIX_TRAINING_CASE = {"d": 128, "n_layer": 4, "prefix_len": 20, "hidden": 256}  # PrefixTuning(base, 20)
+
+
+def _prefix_training_reference(d: int, n_layer: int, prefix_len: int, hidden: int) -> int:
+    embedding = prefix_len * d  # P' (P, d)
+    mlp = (d * hidden + hidden) + (hidden * 2 * n_layer * d + 2 * n_layer * d)  # Linear(d, h), Linear(h, 2Ld)
+    return embedding + mlp
+
+
+def check_prefix_training_parameters(answer) -> bool:
+    """04: trainable parameters of PrefixTuning(base, prefix_len=20) with the MLP (hidden 256) on our model."""
+    case = PREFIX_TRAINING_CASE
+    d, n_layer, prefix_len, hidden = case["d"], case["n_layer"], case["prefix_len"], case["hidden"]
+    expected = _prefix_training_reference(**case)
+    mlp = expected - prefix_len * d
+    kept = 2 * n_layer * prefix_len * d
+    at_10 = _prefix_training_reference(d, n_layer, 10, hidden)
+    return check_number(
+        answer, expected, name="trainable_p20", rel_tol=1e-6,
+        hint="during training the parameters are P′ (P × d) and the MLP: Linear(d, h) and Linear(h, 2·L·d), "
+             "both with biases.",
+        explanation=f"{prefix_len}·{d} = {prefix_len * d:,} for P′ plus {mlp:,} for the MLP = {expected:,}, only "
+                    f"{expected - at_10:,} more than at P = 10 ({at_10:,}): the MLP maps every row of P′ with the "
+                    f"same weights, so its size does not depend on P. After freeze_prefix() the task keeps "
+                    f"{kept:,} numbers, 2·L·P·d.",
+        mistakes=[(at_10, "that is the count printed above for P = 10 (and also P = 20 without the MLP's "
+                          "biases); P′ has one row per prefix slot, and both Linear layers have biases."),
+                  (2 * at_10, "only P′ grows with P: the MLP maps each row with the same weights, so its size "
+                              "does not depend on P."),
+                  (kept, "that is what is kept after freeze_prefix(); during training P′ and the MLP are trained."),
+                  (kept + mlp, "during training the prefix is not a parameter: the MLP computes it from P′. Count "
+                               "P′ (P × d) and the MLP."),
+                  (kept + expected, "during training the prefix is not a parameter: the MLP computes it from P′."),
+                  (prefix_len * d, "the MLP is trained too, and it is most of the count."),
+                  (expected + _base_parameters(), "the base model is frozen: count only P′ and the MLP.")])
+
+
+def check_prefix_never_exact(answer) -> bool:
+    """04: why no prefix can make the model compute exactly what the base model computes."""
+    return check_choice(
+        answer, "b", name="never_exact",
+        wrong={"a": "zero vectors do not silence a prefix: a zero key still scores q · 0 = 0, weight e⁰ = 1 in "
+                    "the softmax, and zero values then pull every output towards zero (step 3).",
+               "c": "the prefix has no positions: the real tokens keep positions 0 … T-1, and the logits come "
+                    "back aligned with the input ids.",
+               "d": "a layer norm normalises each position's vector on its own, and the prefix never passes "
+                    "through one: it enters each layer only as keys and values inside the attention."},
+        explanation="Softmax gives every visible key a weight e^(score) > 0, so the prefix always takes a share "
+                    "of the attention; silencing it for every query would need scores of -∞. Step 3 measured the "
+                    "cost at init: Austen loss 1.289 instead of 1.209, almost all of it on the first characters, "
+                    "where few real keys compete with the prefix.")
+
+
+# ----------------------------------------------------------------------------------------------- notebook 07
+def check_break_even_rank(answer) -> bool:
+    """07: the largest rank r at which B (512, r) and A (r, 128) hold fewer numbers than up_proj's 512 x 128."""
+    m, n = 512, 128
+    expected = (m * n - 1) // (m + n)  # the largest r with r (m + n) < m n
+    return check_number(
+        answer, expected, name="break_even_rank", rel_tol=1e-9,
+        hint="the factors hold r · (512 + 128) numbers and the matrix 512 · 128 = 65,536: find the largest whole r "
+             "for which the first is smaller.",
+        explanation=f"{expected} · 640 = {expected * (m + n):,} < 65,536, while {expected + 1} · 640 = "
+                    f"{(expected + 1) * (m + n):,} is already more. The break-even is m·n / (m + n), half the side "
+                    "of a square matrix; LoRA's usual r of 1 to 64 stays far below it, where the factors are small.",
+        mistakes=[(expected + 1, f"at r = {expected + 1} the factors hold {(expected + 1) * (m + n):,} numbers, "
+                                 "more than the matrix's 65,536."),
+                  (m * n / (m + n), "r counts columns of B (and rows of A): it is a whole number. Round the right "
+                                    "way."),
+                  *[(r, "that is the break-even of a square 128 × 128 matrix (r · 256 against 16,384); up_proj is "
+                        "512 × 128, so the factors hold r · (512 + 128).") for r in (63, 64)],
+                  *[(r, "that is the break-even of a square 512 × 512 matrix; up_proj is 512 × 128.")
+                    for r in (255, 256)],
+                  (128, "a 512 × 128 matrix has rank at most 128, but the factors outgrow the matrix well before that: "
+                        "at r = 128 they hold 81,920 numbers.")])
+
+
+def _best_rank_r(M: torch.Tensor, r: int) -> torch.Tensor:
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)  # U (m, k), S (k,), Vh (k, n), k = min(m, n)
+    return U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]  # (m, r) (r, r) (r, n) -> (m, n)
+
+
+def _low_rank_factor_mistakes(M: torch.Tensor, r: int, product: torch.Tensor) -> str | None:
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    candidates = [
+        (U[:, :r] @ Vh[:r], "the singular values are missing: B A must include diag(S[:r]) once, e.g. "
+                            "B = U[:, :r] * S[:r]."),
+        (U[:, :r] @ torch.diag(S[:r] ** 2) @ Vh[:r], "the singular values are in twice: put S[:r] into B or into A "
+                                                      "(or its square root into both), not S into both."),
+        (U[:, -r:] @ torch.diag(S[-r:]) @ Vh[-r:], "those are the r smallest directions: torch.linalg.svd sorts S "
+                                                   "in decreasing order, so keep the first r."),
+    ]
+    if M.shape[0] >= M.shape[1]:  # a transposed Vh only has the right shape here
+        candidates.append((U[:, :r] @ torch.diag(S[:r]) @ Vh[:, :r].T,
+                           "wrong right singular vectors: torch.linalg.svd returns Vh = Vᵀ, whose ROWS are the right "
+                           "singular vectors, so A = Vh[:r] (with the older torch.svd, which returns V: V[:, :r].T)."))
+    return _first_match(product, candidates)
+
+
+def check_low_rank_factors(fn) -> bool:
+    """07: low_rank_factors(M, r) -> (B (m, r), A (r, n)) whose product B @ A is the best rank-r approximation of M."""
+    name = "low_rank_factors"
+    hint = ("U, S, Vh = torch.linalg.svd(M, full_matrices=False); keep the first r of each: B = U[:, :r] * S[:r] "
+            "is (m, r) and A = Vh[:r] is (r, n).")
+    if fn is None:
+        return _missing(name, hint)
+    if not callable(fn):
+        return _failed(f"`{name}` should be a function, got {_describe(fn)}.", hint)
+    g = torch.Generator().manual_seed(7)
+    cases = [(torch.randn(6, 4, generator=g, dtype=torch.float64), 2),  # tall, wide and square
+             (torch.randn(5, 8, generator=g, dtype=torch.float64), 3),
+             (torch.randn(7, 7, generator=g, dtype=torch.float64), 1)]
+    for M, r in cases:
+        m, n = M.shape
+        call = _format_call(name, (M, r), ["M", "r"])
+        argument = M.clone()
+        try:
+            got = fn(argument, r)
+        except Exception as err:  # the student's code failed: report it instead of a traceback
+            return _failed(f"{call} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", hint)
+        if got is None:
+            return _failed(f"{call} returned None: replace `return None` with your code.", hint)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got)):
+            if isinstance(got, torch.Tensor) and tuple(got.shape) == (m, n):
+                return _failed(f"{call} returned one ({m}, {n}) matrix.",
+                               "return the two factors `B, A` that LoRA would store, not their product.")
+            return _failed(f"{call} returned {_describe(got)}, expected a pair (B, A) of tensors.", hint)
+        B, A = got
+        if tuple(B.shape) != (m, r) or tuple(A.shape) != (r, n):
+            return _failed(f"{call} returned B of shape {tuple(B.shape)} and A of shape {tuple(A.shape)}; expected "
+                           f"B ({m}, {r}) and A ({r}, {n}).",
+                           "B takes the first r columns of U (scaled by S), A the first r rows of Vh.")
+        if B.is_complex() or A.is_complex():
+            return _failed(f"{call} returned complex tensors.", hint)
+        product = B.detach().to(M.dtype) @ A.detach().to(M.dtype)  # (m, r) @ (r, n) -> (m, n)
+        if not torch.allclose(product, _best_rank_r(M, r), rtol=1e-4, atol=1e-5):
+            return _failed(f"{call}: B @ A is not the best rank-{r} approximation of M.",
+                           _low_rank_factor_mistakes(M, r, product) or hint)
+        if not torch.equal(argument, M):
+            return _failed(f"{call} changed its input `M` in place.", "compute new tensors; leave M as it is.")
+    return _passed("B = U_r diag(S_r) is (m, r) and A = V_rᵀ is (r, n): r · (m + n) numbers whose product is the "
+                   "truncated SVD, the best rank-r approximation (Eckart–Young). Where S goes (into B, into A, or "
+                   "its square root into both) does not change B A; LoRA learns such a pair directly.")
+
+
+def check_rank_one_error(answer) -> bool:
+    """07: relative Frobenius error of the best rank-1 approximation of a matrix with singular values 5.6478, 4.1996."""
+    s1, s2 = 5.6478, 4.1996  # printed by notebook 07's first SVD cell (the other three are 0)
+    norm = math.hypot(s1, s2)  # ||M||_F = sqrt(s1^2 + s2^2)
+    expected = s2 / norm
+    return check_number(
+        answer, expected, name="rank_one_error", rel_tol=0.01,
+        hint="Eckart–Young: ||M - M_1||_F = sqrt(sum of the dropped sigma_i^2), and ||M||_F = sqrt(sum of all "
+             "sigma_i^2).",
+        explanation=f"sqrt(4.1996²) / sqrt(5.6478² + 4.1996²) = 4.1996 / {norm:.4f} ≈ {expected:.3f}. Squared, "
+                    f"{expected ** 2:.3f} is the share of the energy dropped: relative error = sqrt(1 - energy kept), "
+                    "as the picture's 90.3% kept and 31.2% error showed above.",
+        mistakes=[(s2, "that is the absolute error ||M - M_1||_F; divide by ||M||_F for the relative error."),
+                  (s2 / s1, "that divides by sigma_1 alone (the error in the spectral norm); ||M||_F is "
+                            "sqrt(sigma_1² + sigma_2²)."),
+                  (s2 / (s1 + s2), "the Frobenius norm adds squares: sqrt(sigma_1² + sigma_2²), not "
+                                   "sigma_1 + sigma_2."),
+                  (s2 ** 2 / norm ** 2, "that is the share of the energy dropped; the relative error is its square "
+                                        "root."),
+                  (s1 ** 2 / norm ** 2, "that is the share of the energy kept; the error comes from what is dropped."),
+                  (s1 / norm, "that is ||M_1||_F / ||M||_F, the size of what is kept, not of the error."),
+                  (100 * s2 / norm, "that looks like a percentage; give a fraction between 0 and 1."),
+                  (0.0, "M has rank 2: a rank-1 approximation cannot be exact (rank 2 would be).")])
+
+
+def check_why_lora_works(answer) -> bool:
+    """07: why a pretrained W0 far from low rank is no contradiction to LoRA working."""
+    return check_choice(
+        answer, "b", name="why_lora_works",
+        wrong={"a": "LoRA never touches W₀: it stays whole and frozen. A rank-8 copy of a pretrained matrix would "
+                    "keep only 0.234 to 0.662 of its energy (the table for block 0).",
+               "c": "float32 rounding is about 10⁻⁷ (the three zero singular values of the 6 × 5 matrix); the "
+                    "pretrained matrices spread real energy over many directions, far above that.",
+               "d": "with the projections' change removed (r = 0) the model fell back to 0.340, chance level: what "
+                    "was learned sits in the projections."},
+        explanation="LoRA computes W₀x + BAx: W₀ keeps all its directions and only the update is low rank. The "
+                    "measurement above: the top 8 directions of the change hold about 80% of its energy in the "
+                    "attention projections, and rank 8 in every projection keeps 0.610 of the 0.613 accuracy.")
+
+
+# for notebook 08 (its "More to think about" question on changing r): kept in this section on purpose
+def check_alpha_when_rank_grows(answer) -> bool:
+    """08: r = 8 -> 32 at fixed alpha = 8: how the first update's size changes, read from the measured table."""
+    return check_choice(
+        answer, "c", name="rank_32_update",
+        wrong={"a": "the table says otherwise: 0.0098 at r = 32 against 0.0187 at r = 8. On this measurement "
+                    "alpha / r removes the growth with r and then some.",
+               "b": "the factor alpha / r does fall 4 times, but the unscaled update grows with r (0.0187 at r = 8, "
+                    "0.0393 at r = 32), so the net change is about a half, not a quarter.",
+               "d": "that is the unscaled column (alpha = r: 0.0187 -> 0.0393). With alpha fixed at 8 the factor "
+                    "falls 4 times and more than cancels that growth."},
+        explanation="0.0098 against 0.0187: the unscaled update grows about like sqrt(r) here and alpha / r "
+                    "divides by r, so raising r at fixed alpha quietly lowers the effective learning rate. Doubling "
+                    "alpha to 16 would bring it back near the r = 8 size (0.5 × 0.0393); rsLoRA's alpha / sqrt(r) "
+                    "kept it nearly flat (0.0528 at r = 8, 0.0556 at r = 32).")
+
+
+# ----------------------------------------------------------------------------------------------- notebook 09
+def check_rslora_scaling(answer) -> bool:
+    """09: rsLoRA's scaling alpha / sqrt(r) at r = 32 with alpha = 8 (the sweep printed alpha / r = 0.25 there)."""
+    alpha, r = 8, 32
+    expected = alpha / math.sqrt(r)
+    return check_number(
+        answer, expected, name="rslora_scaling", rel_tol=0.01,
+        hint="rsLoRA keeps alpha and divides by the square root of the rank: alpha / sqrt(r).",
+        explanation=f"{alpha} / √{r} ≈ {expected:.3f}. Going from r = 16 (8 / 4 = 2) to r = 32 divides rsLoRA's "
+                    "scaling by √2, while α / r halves it (0.5 → 0.25 in the sweep's α = 8 rows). Notebook 08 "
+                    "measured why: the first update of B A grows about like √r, so α / √r keeps the update's "
+                    "size nearly flat across ranks, and α / r shrinks it as the rank grows.",
+        mistakes=[(alpha / r, "that is α / r, the paper's scaling (the sweep's α = 8 row at r = 32); rsLoRA "
+                              "divides by √r instead."),
+                  (2.0, "that is the scaling of the α = 2r rule; here α stays 8 and rsLoRA divides it by √r."),
+                  (float(alpha), "that is α alone; the scaling divides it by √r."),
+                  (math.sqrt(r) / alpha, "that is upside down: α / √r, not √r / α."),
+                  (alpha * math.sqrt(r), "rsLoRA divides α by √r; it does not multiply."),
+                  (alpha / r**2, "rsLoRA divides by the square root of r, not by its square.")])
+
+
+def _adapter_bytes_reference(shapes, r, n_layer, bytes_per_number):
+    return n_layer * sum(r * (i + o) for i, o in shapes) * bytes_per_number  # A (r, in) and B (out, r) per layer
+
+
+def _adapter_bytes_mistakes(case, got):
+    shapes, r, n_layer, b = case
+    per_block = sum(r * (i + o) for i, o in shapes)  # numbers of A and B in one block
+    return _first_match(got, [
+        (n_layer * per_block, "that counts numbers; multiply by bytes_per_number to get bytes."),
+        (per_block * b, f"that is one block; every one of the {n_layer} blocks has its own adapters."),
+        (8 * n_layer * per_block * b, "that is in bits; a byte is 8 bits, and bytes_per_number is already bytes."),
+        (n_layer * sum(i * o for i, o in shapes) * b, "that is the size of the whole targeted matrices (what full "
+                                                      "fine-tuning of them would store); LoRA keeps only A and B."),
+        (n_layer * sum(2 * r * i for i, _ in shapes) * b, "2·r·in is right only for square layers: A is "
+                                                          "(r, in_features) and B is (out_features, r)."),
+        (n_layer * sum(2 * r * o for _, o in shapes) * b, "2·r·out is right only for square layers: A is "
+                                                          "(r, in_features) and B is (out_features, r)."),
+        (n_layer * sum(r * i for i, _ in shapes) * b, "that counts A only; the file holds B (out_features, r) too."),
+        (n_layer * sum(r * o for _, o in shapes) * b, "that counts B only; the file holds A (r, in_features) too."),
+        (n_layer * sum(r * (i + o) + o for i, o in shapes) * b, "LoRA adds no bias: the base layer keeps its "
+                                                                "own, frozen, and the adapter file does not hold it."),
+    ])
+
+
+def check_adapter_file_bytes(fn) -> bool:
+    """09: adapter_bytes(shapes, r, n_layer, bytes_per_number) = bytes of A and B in an adapter file."""
+    cases = [([(6, 10)], 2, 3, 2),  # small and non-square: every common mistake gives a different number
+             ([(128, 128), (128, 128)], 8, 4, 4),  # our adapter: r = 8 on q and v, fp32
+             ([(128, 512), (512, 128)], 4, 4, 4),  # our MLP at the fixed budget: up_proj and down_proj
+             ([(12288, 12288), (12288, 12288)], 4, 96, 2)]  # GPT-3 175B, r = 4 on q and v, fp16
+    return check_function(
+        fn, name="adapter_bytes", arg_names=["shapes", "r", "n_layer", "bytes_per_number"], cases=cases,
+        reference=_adapter_bytes_reference, diagnose=_adapter_bytes_mistakes,
+        hint="for each targeted layer, A is (r, in_features) and B is (out_features, r); every block has them, "
+             "and each number takes bytes_per_number bytes.",
+        explanation="n_layer · Σ r·(in + out) · bytes. For our r = 8 adapter on q and v that is 16,384 numbers × 4 "
+                    "= 65,536 bytes (64.0 KiB): the 66.0 KiB printed for the two files is these tensors plus the "
+                    "safetensors header and the JSON config. For GPT-3 at r = 4 in fp16 it is 37,748,736 bytes, "
+                    "the calculator's 37.7 MB. Nothing of the base model is in the file.")
+
+
+def check_budget_targets(answer) -> bool:
+    """09: what the fixed-budget experiment (20,480 trainable numbers, three seeds) supports."""
+    return check_choice(
+        answer, "c", name="budget_targets",
+        wrong={"a": "W_q alone at r = 20 was the weakest choice (mean 0.436; each of its runs below every run on "
+                    "W_v): a large rank on one matrix bought less than a small rank on several.",
+               "b": "the MLP (mean 0.499) did worse than every attention choice that includes W_v. Its matrices "
+                    "are 128 × 512, so each rank costs 640 numbers per matrix and the budget buys only r = 4.",
+               "d": "W_q and W_v (0.591) came out within the seed spread of W_v alone (0.598) and of all four "
+                    "projections (0.601): three seeds cannot rank these three, even though the paper found "
+                    "W_q and W_v best."},
+        explanation="W_v alone, W_q with W_v, and all four projections scored about the same, all clearly above "
+                    "W_q alone; the differences among them are smaller than the spread between seeds. The paper's "
+                    "advice holds in that form: several attention matrices, W_v among them, at a small rank.")
+
+
+# ----------------------------------------------------------------------------------------------- notebook 10
+# the measured table of notebook 10 (first seed, 16 x 96 Shakespeare characters): state and activations in MiB
+FULL_STATE_MIB, FULL_ACT_MIB = 12.73, 50.3
+LORA_STATE_MIB, LORA_ACT_MIB = 3.43, 34.1
+
+
+def check_lora_memory_fraction(answer) -> bool:
+    """10: LoRA's training memory (state + activations) as a fraction of full fine-tuning's, from the table."""
+    full, lora = FULL_STATE_MIB + FULL_ACT_MIB, LORA_STATE_MIB + LORA_ACT_MIB
+    expected = lora / full
+    return check_number(
+        answer, expected, name="lora_memory_fraction", rel_tol=0.02,
+        hint="add the state and act columns of each row, then divide LoRA's total by full fine-tuning's.",
+        explanation=f"({LORA_STATE_MIB} + {LORA_ACT_MIB}) / ({FULL_STATE_MIB} + {FULL_ACT_MIB}) = {lora:.1f} / "
+                    f"{full:.1f} MiB ≈ {expected:.2f}: LoRA trains 2% of the parameters but needs about 60% of the "
+                    "memory here, because the activations, which every method keeps, dominate at this scale. At "
+                    "175 B parameters the weights, gradients and optimizer state dominate instead, and the same "
+                    "calculation gives 349 GB against 1.4 TB.",
+        mistakes=[*[(share, "that is about LoRA's share of the trainable parameters (or of the gradient and "
+                            "optimizer state); memory also holds the frozen weights and the activations.")
+                    for share in (0.0193, 0.0196, 0.0199)],
+                  (LORA_STATE_MIB / FULL_STATE_MIB, "that compares the state column only; add the activations, the "
+                                                    "largest part of both rows."),
+                  (LORA_ACT_MIB / FULL_ACT_MIB, "that compares the activations only; add the state column."),
+                  (1 - expected, "that is the share LoRA saves; the question asks for the share it uses."),
+                  (1 / expected, "upside down: LoRA's total divided by full fine-tuning's."),
+                  (100 * expected, "that looks like a percentage; give a fraction between 0 and 1.")])
+
+
+def check_method_for_serving(answer) -> bool:
+    """10: one task per server, base-model latency, small files, accuracy above chance: which method?"""
+    return check_choice(
+        answer, "d", name="serving_choice",
+        wrong={"a": "each task would store a whole model: 3344.5 kB here, and 13.5 GB in fp16 for a 7 B model (the "
+                    "calculator). The files are not small.",
+               "b": "their accuracy (0.500) and files (149.4 kB) would do, but adapters cannot be merged: every "
+                    "forward pass runs the extra layers (1.08 x the base in the latency table).",
+               "c": "the files are the smallest (10.3 kB), but 0.332 is chance on three authors at this scale, and 20 "
+                    "extra positions make each forward pass slower (1.33 x the base)."},
+        explanation="LoRA stores 67.0 kB per task, reached 0.534 on the author task, and merged into the weights it "
+                    "runs the base model's own matrix products (0.98 x the base, timing noise). Keep it unmerged "
+                    "instead if one server must switch between tasks.")
+
+
+def check_small_data_reading(answer) -> bool:
+    """10: what the small-data runs (24 passages) of full fine-tuning and LoRA support."""
+    return check_choice(
+        answer, "b", name="small_data_reading",
+        wrong={"a": "LoRA memorised the 24 passages too (final training loss 0.003), and its validation loss also "
+                    "climbed above its best (+0.118).",
+               "c": "its lower validation loss came with a lower accuracy (0.414 against 0.517): fewer confident "
+                    "mistakes, not more right answers. Which is 'better' depends on the metric; stopping early helps "
+                    "both.",
+               "d": "a training loss of 0.000 with a validation loss 0.194 above its best is overfitting; the higher "
+                    "accuracy shows it had learned more before it started to memorise."},
+        explanation="Both drive the training loss to about 0; full fine-tuning's validation loss climbs further above "
+                    "its best (+0.194 against +0.118), so LoRA overfits less, but its accuracy is lower (0.414 "
+                    "against 0.517): fewer trainable parameters slow learning as well as memorising.")

@@ -259,3 +259,275 @@ def test_a_common_mistake_gets_its_own_message_05_06(name, answer, words, capsys
     assert getattr(ex, name)(answer) is False
     out = capsys.readouterr().out
     assert out.startswith("✗ ") and words in out
+
+
+# ------------------------------------------------------------------------------------------------ notebook 03
+RIGHT.update({
+    "check_pfeiffer_parameter_count": 4 * (2 * 32 * 128 + 128 + 32),
+    "check_adapter_without_skip": "b",
+    "check_why_adapters_cannot_merge": "c",
+})
+
+MISTAKES_03 = [
+    ("check_pfeiffer_parameter_count", 2 * 4 * (2 * 32 * 128 + 128 + 32), "Houlsby"),
+    ("check_pfeiffer_parameter_count", 4 * (2 * 32 * 128 + 128 + 32) + 2 * 128 * 9, "layer norms"),
+    ("check_pfeiffer_parameter_count", 2 * 32 * 128 + 128 + 32, "one adapter"),
+    ("check_pfeiffer_parameter_count", 4 * 2 * 32 * 128, "biases"),
+    ("check_pfeiffer_parameter_count", 4 * (2 * 32 * 128 + 2 * 128), "m numbers"),
+    ("check_adapter_without_skip", "a", "deleted"),
+    ("check_adapter_without_skip", "c", "residual stream"),
+    ("check_adapter_without_skip", "d", "Pfeiffer"),
+    ("check_why_adapters_cannot_merge", "b", "one d × d matrix"),
+    ("check_why_adapters_cannot_merge", "a", "affine"),
+]
+
+
+@pytest.mark.parametrize("name,answer,words", MISTAKES_03, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES_03)])
+def test_a_common_mistake_gets_its_own_message_03(name, answer, words, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and words in out
+
+
+def test_pfeiffer_answer_is_what_add_adapters_trains():
+    from lora_teach.adapters import add_adapters
+
+    case = ex.PFEIFFER_CASE
+    model = GPT(GPTConfig(n_embd=case["d"], n_layer=case["n_layer"]))
+    adapted = add_adapters(model, case["m"], "pfeiffer", train_layer_norms=False)
+    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    assert trainable == ex._pfeiffer_reference(**case) == RIGHT["check_pfeiffer_parameter_count"]
+    assert sum(p.numel() for p in adapted.parameters()) == ex._base_parameters() + trainable
+
+
+# ------------------------------------------------------------------------------------------------ notebook 04
+RIGHT.update({
+    "check_prefix_training_parameters": 20 * 128 + (128 * 256 + 256) + (256 * 2 * 4 * 128 + 2 * 4 * 128),
+    "check_prefix_never_exact": "b",
+})
+
+MISTAKES_04 = [
+    ("check_prefix_training_parameters", 297_472, "P = 10"),
+    ("check_prefix_training_parameters", 2 * 297_472, "does not depend on P"),
+    ("check_prefix_training_parameters", 2 * 4 * 20 * 128, "kept after freeze_prefix()"),
+    ("check_prefix_training_parameters", 20 * 128, "MLP is trained too"),
+    ("check_prefix_never_exact", "a", "zero vectors do not silence"),
+    ("check_prefix_never_exact", "c", "no positions"),
+    ("check_prefix_never_exact", "d", "layer norm"),
+]
+
+
+@pytest.mark.parametrize("name,answer,words", MISTAKES_04, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES_04)])
+def test_a_common_mistake_gets_its_own_message_04(name, answer, words, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and words in out
+
+
+def test_prefix_training_answer_is_what_prefix_tuning_trains():
+    from lora_teach.prefix import PrefixTuning
+
+    case = ex.PREFIX_TRAINING_CASE
+    model = GPT(GPTConfig(n_embd=case["d"], n_layer=case["n_layer"]))
+    pt = PrefixTuning(model, case["prefix_len"], hidden=case["hidden"])
+    trainable = sum(p.numel() for p in pt.parameters() if p.requires_grad)
+    assert trainable == ex._prefix_training_reference(**case) == RIGHT["check_prefix_training_parameters"]
+
+
+# ------------------------------------------------------------------------------------------------ notebook 07
+def _factors(M, r):
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    return U[:, :r] * S[:r], Vh[:r]  # (m, r), (r, n)
+
+
+def _factors_split(M, r):
+    U, S, Vh = torch.linalg.svd(M.float(), full_matrices=False)
+    root = S[:r].sqrt()
+    return U[:, :r] * root, root[:, None] * Vh[:r]  # the square root of S in both, in float32
+
+
+def _factors_old_svd(M, r):
+    U, S, V = torch.svd(M)  # the older API returns V, not Vh
+    return U[:, :r], S[:r, None] * V[:, :r].T
+
+
+def _factors_then_zero(M, r):
+    B, A = _factors(M, r)
+    M.zero_()
+    return B, A
+
+
+RIGHT.update({
+    "check_break_even_rank": 102,
+    "check_low_rank_factors": _factors,
+    "check_rank_one_error": 4.1996 / math.hypot(5.6478, 4.1996),
+    "check_why_lora_works": "b",
+    "check_alpha_when_rank_grows": "c",  # notebook 08
+})
+
+
+def _svd_variant(build):
+    """A wrong low_rank_factors built from (U, S, Vh, r), for the list of mistakes."""
+    def fn(M, r):
+        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+        return build(U, S, Vh, r)
+    return fn
+
+
+MISTAKES_07 = [
+    ("check_break_even_rank", 103, "65,920"),
+    ("check_break_even_rank", 64, "square 128 × 128"),
+    ("check_break_even_rank", 102.4, "whole number"),
+    ("check_low_rank_factors", _svd_variant(lambda U, S, Vh, r: (U[:, :r], Vh[:r])), "singular values are missing"),
+    ("check_low_rank_factors", _svd_variant(lambda U, S, Vh, r: (U[:, :r] * S[:r], S[:r, None] * Vh[:r])),
+     "in twice"),
+    ("check_low_rank_factors", _svd_variant(lambda U, S, Vh, r: (U[:, -r:] * S[-r:], Vh[-r:])), "smallest"),
+    ("check_low_rank_factors", _svd_variant(lambda U, S, Vh, r: (U[:, :r] * S[:r], Vh[:, :r].T)), "ROWS"),
+    ("check_low_rank_factors", _svd_variant(lambda U, S, Vh, r: (U[:, :r] * S[:r], Vh)), "expected B (6, 2)"),
+    ("check_low_rank_factors", _svd_variant(lambda U, S, Vh, r: U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]),
+     "not their product"),
+    ("check_low_rank_factors", _factors_then_zero, "in place"),
+    ("check_rank_one_error", 4.1996, "absolute error"),
+    ("check_rank_one_error", 4.1996 / 5.6478, "spectral"),
+    ("check_rank_one_error", 4.1996**2 / (5.6478**2 + 4.1996**2), "square root"),
+    ("check_rank_one_error", 59.67, "percentage"),
+    ("check_why_lora_works", "a", "never touches"),
+    ("check_why_lora_works", "d", "0.340"),
+    ("check_alpha_when_rank_grows", "a", "0.0098"),
+    ("check_alpha_when_rank_grows", "b", "about a half"),
+    ("check_alpha_when_rank_grows", "d", "unscaled column"),
+]
+
+
+@pytest.mark.parametrize("name,answer,words", MISTAKES_07, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES_07)])
+def test_a_common_mistake_gets_its_own_message_07(name, answer, words, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and words in out
+
+
+@pytest.mark.parametrize("fn", [_factors_split, _factors_old_svd])
+def test_any_split_of_the_singular_values_between_b_and_a_passes(fn, capsys):
+    assert ex.check_low_rank_factors(fn) is True
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+def test_the_best_rank_r_reference_has_the_eckart_young_error():
+    M = torch.randn(9, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    S = torch.linalg.svdvals(M)
+    for r in range(7):
+        err = torch.linalg.norm(M - ex._best_rank_r(M, r))
+        torch.testing.assert_close(err, S[r:].pow(2).sum().sqrt())
+        assert torch.linalg.matrix_rank(ex._best_rank_r(M, r)).item() == r
+
+
+def test_the_factor_check_leaves_the_random_stream_alone(capsys):
+    torch.manual_seed(0)
+    ex.check_low_rank_factors(_factors)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(after, torch.rand(3))
+
+
+# ------------------------------------------------------------------------------------------------ notebook 09
+RIGHT.update({
+    "check_rslora_scaling": 8 / math.sqrt(32),
+    "check_adapter_file_bytes": lambda shapes, r, n_layer, b: n_layer * sum(r * (i + o) for i, o in shapes) * b,
+    "check_budget_targets": "c",
+})
+
+MISTAKES_09 = [
+    ("check_rslora_scaling", 0.25, "α / r, the paper's scaling"),
+    ("check_rslora_scaling", 2, "α = 2r rule"),
+    ("check_rslora_scaling", 8, "α alone"),
+    ("check_rslora_scaling", math.sqrt(32) / 8, "upside down"),
+    ("check_adapter_file_bytes", lambda shapes, r, n, b: n * sum(r * (i + o) for i, o in shapes), "counts numbers"),
+    ("check_adapter_file_bytes", lambda shapes, r, n, b: sum(r * (i + o) for i, o in shapes) * b, "one block"),
+    ("check_adapter_file_bytes", lambda shapes, r, n, b: n * sum(2 * r * i for i, _ in shapes) * b, "square"),
+    ("check_adapter_file_bytes", lambda shapes, r, n, b: n * sum(i * o for i, o in shapes) * b, "whole targeted"),
+    ("check_adapter_file_bytes", lambda shapes, r, n, b: n * sum(r * i for i, _ in shapes) * b, "counts A only"),
+    ("check_adapter_file_bytes", lambda shapes, r, n, b: n * sum(r * (i + o) + o for i, o in shapes) * b,
+     "no bias"),
+    ("check_adapter_file_bytes", lambda shapes, r, n, b: 8 * n * sum(r * (i + o) for i, o in shapes) * b, "bits"),
+    ("check_budget_targets", "a", "weakest"),
+    ("check_budget_targets", "b", "640 numbers"),
+    ("check_budget_targets", "d", "seed spread"),
+]
+
+
+@pytest.mark.parametrize("name,answer,words", MISTAKES_09, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES_09)])
+def test_a_common_mistake_gets_its_own_message_09(name, answer, words, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and words in out
+
+
+def test_adapter_file_bytes_reference_is_the_size_of_a_saved_adapter(tmp_path):
+    """The check's reference counts the bytes of A and B that save_adapter writes (plus a small header)."""
+    lora = pytest.importorskip("lora_teach.lora")
+    from lora_teach.measure import checkpoint_size
+
+    torch.manual_seed(0)
+    model = lora.apply_lora(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32)),
+                            lora.LoRAConfig(r=3, alpha=6, target_modules=("v_proj", "up_proj")))
+    expected = ex._adapter_bytes_reference([(16, 16), (16, 64)], 3, 2, 4)
+    tensors = lora.lora_state_dict(model)
+    assert sum(t.numel() * t.element_size() for t in tensors.values()) == expected
+    assert expected <= checkpoint_size(tensors) < expected + 128 * len(tensors)
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_no_check_moves_the_global_random_stream(name, capsys):
+    """Every check, right or wrong answer: a check cell must not change the seeded results after it."""
+    for answer in (RIGHT[name], None, "x", lambda *args: torch.zeros(2, 2)):
+        torch.manual_seed(0)
+        before = torch.random.get_rng_state()
+        getattr(ex, name)(answer)
+        assert torch.equal(torch.random.get_rng_state(), before), f"{name}({answer!r}) drew random numbers"
+
+
+# ------------------------------------------------------------------------------------------------ notebook 10
+RIGHT.update({
+    "check_lora_memory_fraction": (3.43 + 34.1) / (12.73 + 50.3),
+    "check_method_for_serving": "d",
+    "check_small_data_reading": "b",
+})
+
+MISTAKES_10 = [
+    ("check_lora_memory_fraction", 0.0193, "trainable parameters"),
+    ("check_lora_memory_fraction", 3.43 / 12.73, "state column only"),
+    ("check_lora_memory_fraction", 1 - 37.53 / 63.03, "saves"),
+    ("check_lora_memory_fraction", 59.5, "percentage"),
+    ("check_method_for_serving", "b", "cannot be merged"),
+    ("check_method_for_serving", "c", "chance"),
+    ("check_method_for_serving", "a", "whole model"),
+    ("check_small_data_reading", "a", "0.003"),
+    ("check_small_data_reading", "c", "confident"),
+    ("check_small_data_reading", "d", "overfitting"),
+]
+
+
+@pytest.mark.parametrize("name,answer,words", MISTAKES_10, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES_10)])
+def test_a_common_mistake_gets_its_own_message_10(name, answer, words, capsys):
+    assert getattr(ex, name)(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and words in out
+
+
+def test_the_memory_numbers_of_notebook_10_match_the_shipped_results():
+    """The check quotes the table notebook 10 prints; if the comparison is re-run, update both."""
+    import csv
+    from importlib import resources
+
+    with (resources.files("lora_teach") / "results" / "comparison_runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    first = {r["method"]: r for r in rows if r["seed"] == rows[0]["seed"] and r["task"] == "shakespeare"}
+
+    def mib(method):
+        r = first[method]
+        state = sum(float(r[k]) for k in ("weights_bytes", "gradient_bytes", "optimizer_bytes")) / 2**20
+        return state, float(r["activation_bytes"]) / 2**20
+
+    for (state, act), (quoted_state, quoted_act) in [(mib("full"), (ex.FULL_STATE_MIB, ex.FULL_ACT_MIB)),
+                                                     (mib("lora"), (ex.LORA_STATE_MIB, ex.LORA_ACT_MIB))]:
+        assert round(state, 2) == quoted_state and round(act, 1) == quoted_act
