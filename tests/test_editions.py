@@ -127,8 +127,8 @@ NOT_YET_GRADED = {"09_lora_in_practice.ipynb"}
 def test_every_notebook_from_01_on_has_two_graded_exercises(path):
     nb = _read(path)
     exercises = [c for c in _exercise_cells(nb) if "# BEGIN SOLUTION" in c.source]
-    assert len(exercises) >= 2, (f"{path.name}: add graded exercises (see docs/WORKSHOP.md, 'Adding exercises "
-                                 "to a notebook')")
+    assert len(exercises) >= 2, (f"{path.name}: add graded exercises (see docs/WORKSHOP.md, 'For course authors: "
+                                 "adding the header and exercises to a notebook')")
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             assert not student.ANSWER_IN_MARKDOWN.search(cell.source), "the answers belong in hidden solutions"
