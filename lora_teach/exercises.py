@@ -7,8 +7,16 @@ a wrong type, a wrong shape, or an exception inside the student's own function a
 Notebook 00: check_weights_megabytes, check_linear_weight_shape
 Notebook 01: check_always_austen_accuracy, check_block_parameters, check_largest_share, check_shakespeare_gap
 Notebook 02: check_adamw_memory_gb, check_training_bytes, check_halved_batch, check_why_forgetting
-Ready for later notebooks: check_adapter_parameter_count, check_prefix_parameter_count, check_prepend_virtual_tokens,
-    check_prefix_attention, check_lora_parameter_count, check_lora_forward, check_lora_merge
+Notebook 03: check_adapter_parameter_count, check_adapter_without_skip, check_pfeiffer_parameter_count,
+    check_why_adapters_cannot_merge
+Notebook 04: check_prefix_attention, check_prefix_never_exact, check_prefix_parameter_count,
+    check_prefix_training_parameters
+Notebook 05: check_t5_prompt_numbers, check_prepend_virtual_tokens, check_prompt_activation_memory
+Notebook 06: check_label_logit_position, check_p_tuning_kept_numbers, check_why_prompt_encoder
+Notebook 07: check_break_even_rank, check_low_rank_factors, check_rank_one_error, check_why_lora_works
+Notebook 08: check_lora_forward, check_lora_merge, check_lora_parameter_count, check_alpha_when_rank_grows
+Notebook 09: check_rslora_scaling, check_adapter_file_bytes, check_budget_targets
+Notebook 10: check_lora_memory_fraction, check_method_for_serving, check_small_data_reading
 Building blocks for new exercises: check_number, check_choice, check_function (see docs/WORKSHOP.md)
 """
 

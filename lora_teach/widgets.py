@@ -272,22 +272,29 @@ def load_lora_updates(path: str | Path | None = None, with_weights: bool = True)
             tensors[key] = f.get_tensor(key)
     updates = LoRAUpdates(meta, tensors)
     if with_weights:
-        from .model import load_base_model
-
-        base = load_base_model(torch.device("cpu"))
+        base = _base_model_quietly()
         updates.weights = {layer: base.get_submodule(layer).weight.detach().float().clone() for layer in updates.layers}
     return updates
 
 
-def default_matrices() -> dict[str, torch.Tensor]:
-    """The rank explorer's choices: a toy picture, a low-rank toy matrix, base weights, and real updates."""
+def _base_model_quietly() -> torch.nn.Module:
+    """The shipped base model on the CPU, loaded without moving the global torch random stream.
+
+    `load_base_model` builds a GPT first, whose initialisation draws from the global generator before the
+    pretrained weights replace it; a widget that did that would change every seeded result after it in a notebook."""
     from .model import load_base_model
 
+    with torch.random.fork_rng(devices=[]):  # the CPU generator is restored on exit; the model is built on the CPU
+        return load_base_model(torch.device("cpu"))
+
+
+def default_matrices() -> dict[str, torch.Tensor]:
+    """The rank explorer's choices: a toy picture, a low-rank toy matrix, base weights, and real updates."""
     matrices = {
         "toy picture (96 x 96)": toy_picture(),
         "rank-5 matrix + noise (64 x 48)": low_rank_matrix(),
     }
-    base = load_base_model(torch.device("cpu"))
+    base = _base_model_quietly()
     for layer in ("blocks.2.attn.v_proj", "blocks.2.mlp.up_proj"):
         W = base.get_submodule(layer).weight.detach().float()
         matrices[f"base weight W0: {layer} ({W.shape[0]} x {W.shape[1]})"] = W

@@ -5,9 +5,10 @@
     python scripts/build_html.py notebooks/00_start_here.ipynb --out /tmp/html
 
 The committed notebooks carry the outputs of one clean run, so by default nothing is executed. Widgets need a
-live kernel, so this edition leaves them out: every widget cell of the course first draws a static figure for
-the widget's default value, and that figure is what the page shows. Progress bars (widgets too) are left out
-as well. Pages are the teacher edition: the exercises show their solutions. `build/` is git-ignored.
+live kernel, so this edition leaves the live part out: a lora_teach widget's output also carries a PNG of its
+figure for the default values, and that PNG is what the page shows (only the widget-view entry is dropped).
+Outputs that are nothing but a widget (progress bars, a bare slider) are left out. Pages are the teacher
+edition: the exercises show their solutions. `build/` is git-ignored.
 """
 
 from __future__ import annotations
@@ -34,12 +35,27 @@ def is_widget_output(output) -> bool:
     return WIDGET_MIME in output.get("data", {})
 
 
+def static_output(output):
+    """The output as a page can show it: a widget view loses its widget entry and keeps its other
+    representations if one of them is more than text (a lora_teach widget's PNG); a widget with nothing else
+    to show (a progress bar, a bare slider, whose text/plain is only the widget's repr) becomes None."""
+    if not is_widget_output(output):
+        return output
+    data = {mime: value for mime, value in output["data"].items() if mime != WIDGET_MIME}
+    if set(data) <= {"text/plain"}:
+        return None
+    output = copy.deepcopy(output)
+    output["data"] = data
+    return output
+
+
 def static_notebook(nb) -> nbformat.NotebookNode:
-    """A copy of `nb` without widget outputs and widget state; links to other notebooks point at their pages."""
+    """A copy of `nb` without live widgets and widget state, keeping each widget's static figure; links to other
+    notebooks point at their pages."""
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if not is_widget_output(o)]
+            cell.outputs = [o for o in map(static_output, cell.outputs) if o is not None]
         elif cell.cell_type == "markdown":
             cell.source = NOTEBOOK_LINK.sub(r"](\1.html)", cell.source)
     nb.metadata.pop("widgets", None)

@@ -13,7 +13,7 @@ from lora_teach.data import LanguageModelingTask
 from lora_teach.lora import LoRAConfig, apply_lora, lora_state_dict
 from lora_teach.measure import checkpoint_size, count_parameters, training_memory
 from lora_teach.model import GPT, GPTConfig
-from lora_teach.training import train
+from lora_teach.training import History, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PRECOMPUTED = Path(W.__file__).parent / "data" / "precomputed" / W.PRECOMPUTED
@@ -95,7 +95,13 @@ def test_rank_explorer_rejects_bad_rank_and_name():
 
 
 def test_rank_explorer_defaults_offer_real_weights_and_updates(updates):
-    ex = W.RankExplorer()
+    """...and loading them (the base model) leaves the global random stream alone."""
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    ex = W.RankExplorer()  # loads the base model for its default matrices
+    assert torch.equal(torch.random.get_rng_state(), before), "it drew from the global torch generator"
+    _use(ex)
+    assert torch.equal(torch.random.get_rng_state(), before), "using it drew from the global torch generator"
     names = list(ex.matrix.options)
     assert any(n.startswith("base weight") for n in names)
     assert any(n.startswith("full fine-tuning Delta W") for n in names)
@@ -340,3 +346,41 @@ def test_widgets_leave_no_pyplot_figures():
     W.MemoryCalculator()
     assert plt.get_fignums() == []
 
+
+
+# ------------------------------------------------------------------------------------ the global random stream
+def _use(widget) -> None:
+    """What a student does with a widget: move every control to another value, or feed the dashboard steps."""
+    for control in widget.controls:
+        options = getattr(control, "options", None)
+        if options:
+            values = [o[1] if isinstance(o, tuple) else o for o in options]
+            control.value = next(v for v in values if v != control.value)
+        elif hasattr(control, "max") and hasattr(control, "min"):
+            control.value = control.min if control.value != control.min else control.max
+    if isinstance(widget, W.TrainingDashboard):
+        history = History(steps=[1, 2], loss=[2.5, 2.4], evals=[(2, {"loss": 2.45})])
+        for step, loss in zip(history.steps, history.loss, strict=True):
+            widget.callback(step, loss, history)
+        widget.redraw()
+    widget._repr_mimebundle_()
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: W.load_lora_updates(), id="load_lora_updates"),
+    pytest.param(lambda: W.load_lora_updates(with_weights=False), id="load_lora_updates-without-weights"),
+    pytest.param(lambda: W.RankExplorer(small_matrices()), id="RankExplorer"),  # defaults: in the test above
+    pytest.param(lambda: W.LoRAUpdateViewer(), id="LoRAUpdateViewer"),
+    pytest.param(lambda: W.TrainingDashboard("lora", redraw_seconds=0.0, eval_key="loss"), id="TrainingDashboard"),
+    pytest.param(lambda: W.MemoryCalculator(), id="MemoryCalculator"),
+])
+def test_widgets_leave_the_global_random_stream_alone(make):
+    """A widget cell must not change the seeded results of the cells after it (loading the base model builds a
+    GPT, whose initialisation draws from the global generator, before the pretrained weights replace it)."""
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    made = make()
+    assert torch.equal(torch.random.get_rng_state(), before), "building it drew from the global torch generator"
+    if isinstance(made, W.FigureWidget):
+        _use(made)
+        assert torch.equal(torch.random.get_rng_state(), before), "using it drew from the global torch generator"

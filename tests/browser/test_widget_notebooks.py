@@ -10,6 +10,7 @@ nbconvert's HTML (what nbviewer shows) contains it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -27,15 +28,26 @@ from browser_lab import (
     wait_kernel_idle,
 )
 
+from lora_teach.widgets import FigureWidget
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = ROOT / "test-results"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-# Every notebook that shows lora_teach widgets. Add a course notebook here when it gets one, e.g.
-#     ROOT / "notebooks" / "07_low_rank_intuition.ipynb",
-WIDGET_NOTEBOOKS = [
-    HERE / "widget_demo.ipynb",
-]
+WIDGET_CLASSES = sorted(cls.__name__ for cls in FigureWidget.__subclasses__())  # RankExplorer, MemoryCalculator...
+COURSE = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def shows_widgets(path: Path) -> bool:
+    """True if a code cell of the notebook builds one of the lora_teach widgets."""
+    pattern = re.compile(r"\b(" + "|".join(WIDGET_CLASSES) + r")\(")
+    return any(cell.cell_type == "code" and pattern.search(cell.source)
+               for cell in nbformat.read(path, as_version=4).cells)
+
+
+# Every notebook that shows lora_teach widgets: the demo (each widget once) and the course notebooks that build
+# one (found by their source, so a notebook that gets a widget is driven here without editing this list)
+WIDGET_NOTEBOOKS = [HERE / "widget_demo.ipynb", *(p for p in COURSE if shows_widgets(p))]
 RUN_TIMEOUT_MS = 300_000  # a course notebook runs in 45 s on two quiet cores; shared CI machines are slower
 
 
@@ -105,3 +117,11 @@ def test_static_render_shows_a_figure_for_every_widget(notebook, tmp_path):
     html, _ = HTMLExporter().from_notebook_node(nb)
     for i, out in found:
         assert out["data"]["image/png"][:200] in html, f"cell {i}: the static HTML lacks the widget's figure"
+
+
+def test_every_course_notebook_with_a_widget_output_is_driven_here():
+    """A committed notebook whose outputs hold a lora_teach widget must be in WIDGET_NOTEBOOKS (needs no browser)."""
+    with_outputs = [p.name for p in COURSE if widget_outputs(json.loads(p.read_text(encoding="utf-8")))]
+    assert with_outputs, "no course notebook shows a lora_teach widget"
+    assert set(with_outputs) <= {p.name for p in WIDGET_NOTEBOOKS}
+    assert len(WIDGET_CLASSES) >= 4
