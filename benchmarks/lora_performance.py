@@ -3,9 +3,15 @@ against the base; memory by component. Prints a Markdown table and writes lora_t
 
     python benchmarks/lora_performance.py            # needs peft (requirements-dev.txt) for the PEFT row
 
-Each pair is timed in alternating rounds (A, B, A, B, ...) so that a slow moment of the machine hits both
-sides; each figure is the median over rounds of the median step in the round. Targets: ours/PEFT <= 1.05,
-LoRA/full <= 0.75, merged/base <= 1.02.
+The models being compared take turns, one training step (or one forward pass) at a time, with the order
+rotating (`lora_teach.measure.interleaved_times`): a slow moment of a shared machine then falls on all of them
+alike, and the ratios of the medians hold steady from run to run. Targets: ours/PEFT <= 1.05, LoRA/full <= 0.75,
+merged/base <= 1.02.
+
+Two reference rows explain the LoRA/full ratio. "No weight gradients" trains a single bias in the first layer:
+every layer still runs its backward pass for the input gradient but computes no weight gradient, the floor any
+method that keeps the weights frozen pays. A stand-in model twice as wide (d = 256, random weights) shows how the
+ratio depends on the shape: the share of the step that LoRA removes grows with d.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ import argparse
 import copy
 import json
 import statistics
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from lora_teach import author_task, load_base_model
-from lora_teach.compare import LM_BLOCK, forward_latency
+from lora_teach.compare import LM_BLOCK
 from lora_teach.data import LanguageModelingTask
 from lora_teach.lora import LoRAConfig, apply_lora, merge_and_unload, merge_lora
-from lora_teach.measure import activation_memory, step_time, training_memory
+from lora_teach.measure import activation_memory, interleaved_times, training_memory, training_step
+from lora_teach.model import GPT, GPTConfig
 
 OUT = Path(__file__).resolve().parents[1] / "lora_teach" / "results" / "lora_performance.json"
 CONFIG = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
@@ -43,19 +51,40 @@ def peft_lora(base):
     return model
 
 
-def alternate(make_a, make_b, measure, rounds: int) -> tuple[float, float]:
-    """Median over `rounds` of measure(a) and measure(b), taken in turn."""
-    a, b = make_a(), make_b()
-    ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(measure(a))
-        tb.append(measure(b))
-    return statistics.median(ta), statistics.median(tb)
+def frozen_but_one_bias(base):
+    """Every weight frozen except the first layer's q_proj bias: the backward pass runs through every layer
+    (for the input gradients) but computes no weight gradient."""
+    model = copy.deepcopy(base).requires_grad_(False)
+    model.blocks[0].attn.q_proj.bias.requires_grad_(True)
+    return model
+
+
+def timings(base, batch, idx, repeats: int, device) -> dict:
+    """One measurement, in ms: every training step and every served forward pass, the models taking turns."""
+    models = {"ours": ours(base), "full": copy.deepcopy(base).requires_grad_(True),
+              "no_weight_gradients": frozen_but_one_bias(base)}
+    try:
+        models["peft"] = peft_lora(base)
+    except ImportError:
+        pass
+    steps = {name: training_step(model, batch) for name, model in models.items()}
+    out = {f"step_{k}": 1000 * v for k, v in interleaved_times(steps, repeats=repeats, device=device).items()}
+    wide = GPT(GPTConfig(n_embd=256, n_head=4)).to(device)  # a stand-in twice as wide, random weights
+    wide_steps = {"lora": training_step(ours(wide), batch), "full": training_step(wide, batch)}
+    out.update({f"step_d256_{k}": 1000 * v for k, v in
+                interleaved_times(wide_steps, repeats=max(1, repeats // 3), device=device).items()})
+    served = {"base": base.eval(), "merged": merge_and_unload(ours(base)).eval(),  # plain nn.Linear layers again
+              "merged_wrapped": merge_lora(ours(base)).eval(), "unmerged": ours(base).eval()}
+    with torch.inference_mode():
+        fwd = interleaved_times({k: partial(m, idx) for k, m in served.items()}, repeats=repeats, device=device)
+    out.update({f"forward_{k}": 1000 * v for k, v in fwd.items()})
+    return out
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=60, help="timed steps (and forward passes) per model and run")
+    ap.add_argument("--runs", type=int, default=3, help="independent runs, each with freshly built models")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -63,31 +92,32 @@ def main(argv=None) -> dict:
     base = load_base_model(device)
     lm = LanguageModelingTask("shakespeare", block_size=LM_BLOCK)
     batch = lm.train_batch(16, torch.Generator().manual_seed(0))  # 16 x 96 characters
-    step = lambda m: step_time(m, batch, steps=5, warmup=2)  # noqa: E731
-    result = {"threads": torch.get_num_threads(), "batch": "16 x 96 characters (Shakespeare windows)",
-              "lora": CONFIG}
-
-    try:
-        ours_ms, peft_ms = alternate(lambda: ours(base), lambda: peft_lora(base), step, args.rounds)
-        result["train_step_ms"] = {"ours": 1000 * ours_ms, "peft": 1000 * peft_ms, "ratio": ours_ms / peft_ms}
-    except ImportError:
-        result["train_step_ms"] = {"ours": None, "peft": None, "ratio": None, "note": "peft not installed"}
-
-    lora_ms, full_ms = alternate(lambda: ours(base), lambda: copy.deepcopy(base).requires_grad_(True), step,
-                                 args.rounds)
-    result["lora_vs_full_step_ms"] = {"lora": 1000 * lora_ms, "full": 1000 * full_ms, "ratio": lora_ms / full_ms}
-
     task = author_task()
     idx = task.prompts(task.val[:64]).to(device)
-    fwd = lambda m: forward_latency(m, idx, repeats=10)  # noqa: E731
-    # served: merged and unloaded back to plain nn.Linear layers (what merge_and_unload is for)
-    merged_ms, base_ms = alternate(lambda: merge_and_unload(ours(base)), lambda: base, fwd, args.rounds)
-    flagged_ms, _ = alternate(lambda: merge_lora(ours(base)), lambda: base, fwd, 3)  # merged, still wrapped
-    unmerged_ms, _ = alternate(lambda: ours(base), lambda: base, fwd, 3)
-    result["inference_ms"] = {"merged": 1000 * merged_ms, "base": 1000 * base_ms,
-                              "merged_wrapped": 1000 * flagged_ms, "unmerged": 1000 * unmerged_ms,
-                              "ratio_merged": merged_ms / base_ms, "ratio_merged_wrapped": flagged_ms / base_ms,
-                              "ratio_unmerged": unmerged_ms / base_ms}
+    runs = [timings(base, batch, idx, args.repeats, device) for _ in range(args.runs)]
+
+    def ms(key):  # the median over runs
+        return statistics.median(r[key] for r in runs) if all(key in r for r in runs) else None
+
+    def ratio(a, b):  # the median over runs of the ratio within a run, and its range
+        values = sorted(r[a] / r[b] for r in runs) if all(a in r for r in runs) else None
+        return (statistics.median(values), values[0], values[-1]) if values else (None, None, None)
+
+    result = {"threads": torch.get_num_threads(), "batch": "16 x 96 characters (Shakespeare windows)",
+              "lora": CONFIG, "repeats": args.repeats, "runs": runs}
+    r, lo, hi = ratio("step_ours", "step_peft")
+    result["train_step_ms"] = {"ours": ms("step_ours"), "peft": ms("step_peft"), "ratio": r, "range": [lo, hi]}
+    r, lo, hi = ratio("step_ours", "step_full")
+    result["lora_vs_full_step_ms"] = {"lora": ms("step_ours"), "full": ms("step_full"), "ratio": r, "range": [lo, hi],
+                                      "no_weight_gradients": ms("step_no_weight_gradients"),
+                                      "ratio_no_weight_gradients": ratio("step_no_weight_gradients", "step_full")[0]}
+    r, lo, hi = ratio("step_d256_lora", "step_d256_full")
+    result["lora_vs_full_step_ms_d256"] = {"lora": ms("step_d256_lora"), "full": ms("step_d256_full"), "ratio": r,
+                                           "range": [lo, hi]}
+    result["inference_ms"] = {k: ms(f"forward_{k}") for k in ("base", "merged", "merged_wrapped", "unmerged")}
+    for k in ("merged", "merged_wrapped", "unmerged"):
+        r, lo, hi = ratio(f"forward_{k}", "forward_base")
+        result["inference_ms"][f"ratio_{k}"], result["inference_ms"][f"range_{k}"] = r, [lo, hi]
 
     memory = {}
     for name, model in (("full", copy.deepcopy(base).requires_grad_(True)), ("lora", ours(base))):
@@ -101,11 +131,17 @@ def main(argv=None) -> dict:
     s, f, i = result["train_step_ms"], result["lora_vs_full_step_ms"], result["inference_ms"]
     print("| measurement | value | target |\n| --- | --- | --- |")
     if s["ratio"] is not None:
-        print(f"| training step, ours / PEFT | {s['ours']:.1f} / {s['peft']:.1f} ms = **{s['ratio']:.3f}** | <= 1.05 |")
+        print(f"| training step, ours / PEFT | {s['ours']:.1f} / {s['peft']:.1f} ms = **{s['ratio']:.3f}** "
+              f"({s['range'][0]:.3f}-{s['range'][1]:.3f}) | <= 1.05 |")
     print(f"| training step, LoRA / full fine-tuning | {f['lora']:.1f} / {f['full']:.1f} ms = **{f['ratio']:.3f}** "
-          "| <= 0.75 |")
+          f"({f['range'][0]:.3f}-{f['range'][1]:.3f}) | <= 0.75 |")
+    print(f"| training step, no weight gradients / full fine-tuning | {f['no_weight_gradients']:.1f} / "
+          f"{f['full']:.1f} ms = {f['ratio_no_weight_gradients']:.3f} | (the floor) |")
+    w = result["lora_vs_full_step_ms_d256"]
+    print(f"| training step, LoRA / full, stand-in with d = 256 | {w['lora']:.1f} / {w['full']:.1f} ms = "
+          f"{w['ratio']:.3f} ({w['range'][0]:.3f}-{w['range'][1]:.3f}) | (for reference) |")
     print(f"| inference, merged LoRA (merge_and_unload) / base | {i['merged']:.2f} / {i['base']:.2f} ms = "
-          f"**{i['ratio_merged']:.3f}** | <= 1.02 |")
+          f"**{i['ratio_merged']:.3f}** ({i['range_merged'][0]:.3f}-{i['range_merged'][1]:.3f}) | <= 1.02 |")
     print(f"| inference, merged but still wrapped in LoRALinear / base | {i['merged_wrapped']:.2f} / "
           f"{i['base']:.2f} ms = {i['ratio_merged_wrapped']:.3f} | (for reference) |")
     print(f"| inference, unmerged LoRA / base | {i['unmerged']:.2f} / {i['base']:.2f} ms = {i['ratio_unmerged']:.3f} "

@@ -11,13 +11,22 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from .adapters import adapter_state_dict, add_adapters
 from .data import LanguageModelingTask, author_task, sentence_task
 from .lora import LoRAConfig, apply_lora, lora_state_dict, merge_lora
-from .measure import activation_memory, checkpoint_size, count_parameters, step_time, training_memory
+from .measure import (
+    activation_memory,
+    checkpoint_size,
+    count_parameters,
+    interleaved_times,
+    step_time,
+    training_memory,
+    training_step,
+)
 from .p_tuning import PTuning, classification_template
 from .prefix import PrefixTuning
 from .prompt_tuning import PromptTuning
@@ -174,40 +183,38 @@ def run_comparison(base: torch.nn.Module, budget: Budget = QUICK, methods=METHOD
     return rows
 
 
-def inference_latency(base: torch.nn.Module, batch_size: int = 64, repeats: int = 20) -> list[dict]:
+def inference_latency(base: torch.nn.Module, batch_size: int = 64, repeats: int = 40) -> list[dict]:
     """Forward latency on author-task prompts for the base and each method as served (untrained is enough:
-    latency does not depend on the values of the weights)."""
+    latency does not depend on the values of the weights). The models take turns, one forward pass at a time
+    (`measure.interleaved_times`), so that a slow moment of the machine falls on all of them alike."""
     task = author_task()
-    idx = task.prompts(task.val[:batch_size]).to(next(base.parameters()).device)
-    rows = [{"model": "base", "ms": 1000 * forward_latency(base, idx, repeats)}]
+    device = next(base.parameters()).device
+    idx = task.prompts(task.val[:batch_size]).to(device)
+    models = {"base": base}
     for method in METHODS[1:]:
-        model = for_inference(method, build(method, base, task))
-        rows.append({"model": method + (" (merged)" if method == "lora" else ""),
-                     "ms": 1000 * forward_latency(model, idx, repeats)})
-    lora = build("lora", base, task)
-    rows.append({"model": "lora (unmerged)", "ms": 1000 * forward_latency(lora, idx, repeats)})
-    base_ms = rows[0]["ms"]
-    for row in rows:
-        row["ratio_to_base"] = row["ms"] / base_ms
-    return rows
+        models[method + (" (merged)" if method == "lora" else "")] = for_inference(method, build(method, base, task))
+    models["lora (unmerged)"] = build("lora", base, task)
+    for model in models.values():
+        model.eval()
+    with torch.inference_mode():
+        seconds = interleaved_times({name: partial(model, idx) for name, model in models.items()}, repeats=repeats,
+                                    device=device)
+    return [{"model": name, "ms": 1000 * s, "ratio_to_base": s / seconds["base"]} for name, s in seconds.items()]
 
 
 def training_step_times(base: torch.nn.Module, tasks=("shakespeare", "author"), methods=METHODS,
-                        batch_size: int = 16, rounds: int = 5, steps: int = 3) -> list[dict]:
-    """Median training-step time of each method on each task, timed in rounds that visit every method in turn,
-    so that a slow moment of the machine hits all of them alike (the step times taken during the comparison's
-    training runs do not have that protection). One row per (method, task)."""
+                        batch_size: int = 16, repeats: int = 30) -> list[dict]:
+    """Training-step time of each method on each task, the methods taking turns one step at a time
+    (`measure.interleaved_times`; the step times taken during the comparison's training runs do not have that
+    protection against a busy machine). One row per (method, task)."""
     rows = []
     for task_name in tasks:
         task = make_task(task_name)
         batch = task.train_batch(batch_size, torch.Generator().manual_seed(SEED))
-        models = {m: build(m, base, task) for m in methods}
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        for _ in range(rounds):
-            for m, model in models.items():
-                times[m].append(step_time(model, batch, steps=steps, warmup=1))
+        steps = {m: training_step(build(m, base, task), batch) for m in methods}
+        seconds = interleaved_times(steps, repeats=repeats, device=next(base.parameters()).device)
         rows += [{"method": m, "task": task_name, "batch": f"{batch_size} x {batch[0].shape[1]}",
-                  "step_ms": 1000 * statistics.median(t)} for m, t in times.items()]
+                  "step_ms": 1000 * s} for m, s in seconds.items()]
     return rows
 
 

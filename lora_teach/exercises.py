@@ -1097,11 +1097,11 @@ def check_method_for_serving(answer) -> bool:
         wrong={"a": "each task would store a whole model: 3344.5 kB here, and 13.5 GB in fp16 for a 7 B model (the "
                     "calculator). The files are not small.",
                "b": "their accuracy (0.500) and files (149.4 kB) would do, but adapters cannot be merged: every "
-                    "forward pass runs the extra layers (1.08 x the base in the latency table).",
+                    "forward pass runs the extra layers (see the latency table).",
                "c": "the files are the smallest (10.3 kB), but 0.332 is chance on three authors at this scale, and 20 "
-                    "extra positions make each forward pass slower (1.33 x the base)."},
+                    "extra positions make each forward pass clearly slower (see the latency table)."},
         explanation="LoRA stores 67.0 kB per task, reached 0.534 on the author task, and merged into the weights it "
-                    "runs the base model's own matrix products (0.98 x the base, timing noise). Keep it unmerged "
+                    "runs exactly the base model's matrix products, no more. Keep it unmerged "
                     "instead if one server must switch between tasks.")
 
 

@@ -6,6 +6,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -68,35 +69,73 @@ def activation_memory(model: torch.nn.Module, batch) -> int:
     return sum(seen.values())
 
 
-def step_time(model: torch.nn.Module, batch, *, steps: int = 10, warmup: int = 3, lr: float = 1e-3) -> float:
-    """Median seconds of one full training step (forward, backward, AdamW update) on `batch`.
+def training_step(model: torch.nn.Module, batch, *, lr: float = 1e-3) -> Callable[[], None]:
+    """A function that runs one full training step (forward, backward, AdamW update) of `model` on `batch`.
 
-    Works on a copy of nothing: it really updates the trainable parameters, so time a throwaway model."""
-    for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    It really updates the trainable parameters, so time a throwaway model."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters to time a training step with")
     opt = torch.optim.AdamW(params, lr=lr)
-    dev = params[0].device
-    x, y, mask = (t.to(dev) for t in batch)
-    model.train()
-    times = []
-    for i in range(warmup + steps):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    x, y, mask = (t.to(params[0].device) for t in batch)
+
+    def step() -> None:
+        model.train()
         _, loss = model(x, y, loss_mask=mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+
+    return step
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _check_counts(**counts) -> None:
+    for name, (value, least) in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def step_time(model: torch.nn.Module, batch, *, steps: int = 10, warmup: int = 3, lr: float = 1e-3) -> float:
+    """Median seconds of one full training step (forward, backward, AdamW update) on `batch`.
+
+    Works on a copy of nothing: it really updates the trainable parameters, so time a throwaway model."""
+    _check_counts(steps=(steps, 1), warmup=(warmup, 0))
+    step = training_step(model, batch, lr=lr)
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    times = [_timed(step, device) for _ in range(warmup + steps)][warmup:]
     model.eval()
     return statistics.median(times)
+
+
+def interleaved_times(runs: dict[str, Callable[[], object]], *, repeats: int = 50, warmup: int = 3,
+                      device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median seconds of each function in `runs`, timed one call at a time in turn (a, b, c, b, c, a, ...: the
+    order rotates), so that a slow moment of a shared machine falls on all of them alike. Use it to compare
+    models: a ratio of these medians is far steadier than a ratio of two separate timings."""
+    _check_counts(repeats=(repeats, 1), warmup=(warmup, 0))
+    if not runs or not all(callable(f) for f in runs.values()):
+        raise ValueError("runs must be a non-empty dict of name -> function taking no arguments")
+    device = torch.device(device)
+    names = list(runs)
+    for name in names:
+        for _ in range(warmup):
+            runs[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(_timed(runs[name], device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def checkpoint_size(tensors: dict[str, torch.Tensor] | torch.nn.Module) -> int:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lora_teach.measure import (
@@ -70,3 +71,38 @@ def test_step_time_runs_and_updates(tiny_model):
     t = step_time(tiny_model, (x, x, torch.ones_like(x, dtype=torch.bool)), steps=2, warmup=1)
     assert t > 0
     assert not torch.equal(before, tiny_model.lm_head.weight)
+
+
+def test_interleaved_times_calls_each_function_in_rotating_turns():
+    from lora_teach.measure import interleaved_times
+
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    seconds = interleaved_times(runs, repeats=3, warmup=1)
+    assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
+    assert calls == ["a", "b", "c"] + ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+@pytest.mark.parametrize("kwargs,words", [({"repeats": 0}, "repeats must be an int >= 1"),
+                                          ({"warmup": -1}, "warmup must be an int >= 0"),
+                                          ({"repeats": 2.5}, "repeats must be an int")])
+def test_interleaved_times_refuses_bad_counts(kwargs, words):
+    from lora_teach.measure import interleaved_times
+
+    with pytest.raises(ValueError, match=words):
+        interleaved_times({"a": lambda: None}, **kwargs)
+    with pytest.raises(ValueError, match="non-empty dict"):
+        interleaved_times({})
+
+
+def test_training_step_updates_only_the_trainable_parameters(tiny_model):
+    from lora_teach.measure import training_step
+
+    for p in tiny_model.parameters():
+        p.requires_grad_(False)
+    head = tiny_model.lm_head.weight.requires_grad_(True)
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    x = torch.randint(0, tiny_model.config.vocab_size, (2, 8))
+    training_step(tiny_model, (x, x, torch.ones_like(x, dtype=torch.bool)))()
+    changed = [k for k, v in tiny_model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == ["lm_head.weight"] and head.grad is not None

@@ -1,0 +1,76 @@
+"""The benchmarks run in CI, in their reduced configurations, and write what the README and notebook 10 read.
+
+No timed assertions: the figures depend on the machine. What must hold anywhere: every file and column is
+there, the counts that do not depend on timing equal the shipped full run's, and each time is a positive number.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from lora_teach.compare import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "lora_teach" / "results"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def quick_comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("comparison")
+    _script("compare_methods").main(["--quick", "--out", str(out)])
+    return out
+
+
+def test_the_quick_comparison_writes_one_row_per_method_with_the_shipped_counts(quick_comparison):
+    runs = _rows(quick_comparison / "comparison_runs.csv")
+    assert [r["method"] for r in runs] == list(METHODS)
+    shipped = {(r["method"], r["task"]): r for r in _rows(SHIPPED / "comparison_runs.csv")}
+    for r in runs:
+        full = shipped[(r["method"], "author")]
+        for key in ("trainable", "total", "weights_bytes", "gradient_bytes", "optimizer_bytes", "checkpoint_bytes"):
+            assert r[key] == full[key], (r["method"], key)
+        assert 0.0 <= float(r["quality"]) <= 1.0 and float(r["step_ms"]) > 0
+    summary = _rows(quick_comparison / "comparison_summary.csv")
+    assert {r["method"] for r in summary} == set(METHODS)
+
+
+def test_the_quick_comparison_writes_both_timing_files(quick_comparison):
+    latency = _rows(quick_comparison / "inference_latency.csv")
+    assert latency[0]["model"] == "base" and float(latency[0]["ratio_to_base"]) == 1.0
+    assert [r["model"] for r in latency] == [r["model"] for r in _rows(SHIPPED / "inference_latency.csv")]
+    assert all(float(r["ms"]) > 0 for r in latency)
+    steps = _rows(quick_comparison / "training_step_times.csv")
+    assert [(r["method"], r["task"]) for r in steps] == [(m, "author") for m in METHODS]
+    assert all(float(r["step_ms"]) > 0 for r in steps)
+    shipped = _rows(SHIPPED / "training_step_times.csv")
+    assert {(r["method"], r["task"]) for r in shipped} == {(m, t) for m in METHODS for t in ("shakespeare", "author")}
+
+
+def test_the_lora_performance_benchmark_reports_every_figure_of_the_readme(tmp_path):
+    out = tmp_path / "lora_performance.json"
+    result = _script("lora_performance").main(["--repeats", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["train_step_ms"]["ratio"] > 0  # peft is installed with the test requirements
+    assert result["lora_vs_full_step_ms"]["ratio"] > 0
+    for key in ("ratio_merged", "ratio_merged_wrapped", "ratio_unmerged"):
+        assert result["inference_ms"][key] > 0
+    full, lora = result["memory_bytes"]["full"], result["memory_bytes"]["lora"]
+    assert lora["gradients"] < full["gradients"] / 10 and lora["optimizer"] == 2 * lora["gradients"]
+    assert lora["weights"] > full["weights"], "LoRA adds its factors to the frozen weights"
