@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -110,11 +111,16 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--update-docs", "--update-readme", action="store_true", dest="update_docs",
                     help="write the measured times into README.md, docs/WORKSHOP.md and the notebooks' headers")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="run each notebook this many times and report the median time (a shared machine's noise "
+                         "can add 10-30%% to a single run)")
     args = ap.parse_args(argv)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     rows = []
     for p in paths:
-        rows.append(run(p))
+        runs = [run(p) for _ in range(args.runs)]
+        rows.append({"notebook": p.name, "seconds": statistics.median(r["seconds"] for r in runs),
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": [r["seconds"] for r in runs]})
         print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.json:
