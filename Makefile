@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: lab test setup setup-dev sweep clean
+.PHONY: lab test lint setup setup-dev sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lab: setup
 
 test: setup-dev
 	$(BIN)/python -m pytest
+
+lint: setup-dev
+	$(BIN)/ruff check .
 
 sweep: setup-dev
 	$(BIN)/python scripts/sweep_lora_rank.py
