@@ -20,13 +20,12 @@ import argparse
 import copy
 import json
 import statistics
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from lora_teach import author_task, load_base_model
-from lora_teach.compare import LM_BLOCK
+from lora_teach.compare import LM_BLOCK, served_forward
 from lora_teach.data import LanguageModelingTask
 from lora_teach.lora import LoRAConfig, apply_lora, merge_and_unload, merge_lora
 from lora_teach.measure import activation_memory, interleaved_times, training_memory, training_step
@@ -73,10 +72,9 @@ def timings(base, batch, idx, repeats: int, device) -> dict:
     wide_steps = {"lora": training_step(ours(wide), batch), "full": training_step(wide, batch)}
     out.update({f"step_d256_{k}": 1000 * v for k, v in
                 interleaved_times(wide_steps, repeats=max(1, repeats // 3), device=device).items()})
-    served = {"base": base.eval(), "merged": merge_and_unload(ours(base)).eval(),  # plain nn.Linear layers again
-              "merged_wrapped": merge_lora(ours(base)).eval(), "unmerged": ours(base).eval()}
-    with torch.inference_mode():
-        fwd = interleaved_times({k: partial(m, idx) for k, m in served.items()}, repeats=repeats, device=device)
+    served = {"base": base, "merged": merge_and_unload(ours(base)),  # plain nn.Linear layers again
+              "merged_wrapped": merge_lora(ours(base)), "unmerged": ours(base)}
+    fwd = interleaved_times({k: served_forward(m, idx) for k, m in served.items()}, repeats=repeats, device=device)
     out.update({f"forward_{k}": 1000 * v for k, v in fwd.items()})
     return out
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 
@@ -114,20 +113,16 @@ def quality(task, model) -> dict[str, float]:
     return {"quality": metrics["loss"]}
 
 
-@torch.no_grad()
-def forward_latency(model: torch.nn.Module, idx: torch.Tensor, repeats: int = 20) -> float:
-    """Median seconds of one forward pass on `idx`, in eval mode and inference mode, as a model is served: no
-    autograd graph, whichever parameters still require a gradient."""
+def served_forward(model: torch.nn.Module, idx: torch.Tensor) -> Callable[[], None]:
+    """A function that runs one forward pass of `model` on `idx` as the model is served: eval mode and inference
+    mode, so no autograd graph is recorded, whichever parameters still require a gradient. For timing."""
     model.eval()
-    times = []
-    with torch.inference_mode():
-        for _ in range(3):
+
+    def forward() -> None:
+        with torch.inference_mode():
             model(idx)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(idx)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    return forward
 
 
 @dataclass
@@ -194,11 +189,8 @@ def inference_latency(base: torch.nn.Module, batch_size: int = 64, repeats: int 
     for method in METHODS[1:]:
         models[method + (" (merged)" if method == "lora" else "")] = for_inference(method, build(method, base, task))
     models["lora (unmerged)"] = build("lora", base, task)
-    for model in models.values():
-        model.eval()
-    with torch.inference_mode():
-        seconds = interleaved_times({name: partial(model, idx) for name, model in models.items()}, repeats=repeats,
-                                    device=device)
+    seconds = interleaved_times({name: served_forward(model, idx) for name, model in models.items()},
+                                repeats=repeats, device=device)
     return [{"model": name, "ms": 1000 * s, "ratio_to_base": s / seconds["base"]} for name, s in seconds.items()]
 
 

@@ -7,11 +7,11 @@ there, the counts that do not depend on timing equal the shipped full run's, and
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 from lora_teach.compare import METHODS
 
@@ -20,10 +20,7 @@ SHIPPED = ROOT / "lora_teach" / "results"
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py")
 
 
 def _rows(path: Path) -> list[dict]:

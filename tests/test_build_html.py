@@ -2,26 +2,19 @@
 live widget view; outputs that are nothing but a widget (progress bars, bare sliders) are left out."""
 
 import copy
-import importlib.util
 import re
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook, new_output
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="  # 1x1
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build_html = _script("build_html")
+build_html = load_script("scripts/build_html.py")
 
 
 def _view(model_id: str) -> dict:

@@ -3,7 +3,6 @@
 That installing the package keeps Colab's torch (a range, not a pin) is tested in tests/test_environment.py."""
 
 import copy
-import importlib.util
 import subprocess
 import sys
 import types
@@ -13,6 +12,7 @@ import nbformat
 import pytest
 import tomllib
 from packaging.requirements import Requirement
+from repo_scripts import load_script
 
 from lora_teach import colab
 
@@ -84,9 +84,7 @@ def test_a_changed_url_shows_up_as_out_of_sync():
 
 
 def test_the_sync_script_finds_every_notebook_in_sync(capsys):
-    spec = importlib.util.spec_from_file_location("sync", ROOT / "scripts" / "sync_notebook_headers.py")
-    sync = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sync)
+    sync = load_script("scripts/sync_notebook_headers.py")
     assert sync.main(["--check"]) == 0, capsys.readouterr().out
 
 

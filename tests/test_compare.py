@@ -62,17 +62,18 @@ def test_run_one_and_summary(base):
     assert summary[0]["quality"] == pytest.approx((rows[0]["quality"] + rows[1]["quality"]) / 2)
 
 
-def test_forward_latency_times_the_model_as_served_without_an_autograd_graph(base):
-    from lora_teach.compare import forward_latency
+def test_served_forward_runs_the_model_as_served_without_an_autograd_graph(base):
+    from lora_teach.compare import served_forward
 
     seen = []
-    base.requires_grad_(True)  # a trainable model would otherwise record a graph at every forward pass
+    base.train().requires_grad_(True)  # a trainable model would otherwise record a graph at every forward pass
     handle = base.register_forward_hook(lambda m, args, out: seen.append((torch.is_inference_mode_enabled(),
                                                                          out[0].requires_grad)))
     try:
-        seconds = forward_latency(base, torch.zeros(2, 5, dtype=torch.long), repeats=2)
+        forward = served_forward(base, torch.zeros(2, 5, dtype=torch.long))
+        forward()
+        forward()
     finally:
         handle.remove()
-    assert seconds > 0 and len(seen) == 5
-    assert all(inference and not grad for inference, grad in seen)
+    assert seen == [(True, False), (True, False)]
     assert not base.training

@@ -3,7 +3,6 @@ a hint (and the notebook still runs), and the static HTML edition shows figures 
 
 import ast
 import contextlib
-import importlib.util
 import io
 import re
 import textwrap
@@ -13,6 +12,7 @@ import nbformat
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from nbclient import NotebookClient
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -20,15 +20,8 @@ CHECK_CALL = re.compile(r"^\s*(check_\w+)\(", re.M)
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-student = _script("build_student_edition")
-static_html = _script("build_html")
+student = load_script("scripts/build_student_edition.py")
+static_html = load_script("scripts/build_html.py")
 
 
 def _read(path):

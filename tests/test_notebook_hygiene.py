@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -50,7 +51,7 @@ def test_there_are_course_notebooks():
 
 
 # --------------------------------------------------------------------------------------------- determinism
-UNSTABLE_SOURCE = re.compile(r"perf_counter|time\.time\(|\.seconds\b|ms_per_step|step_time\(|forward_latency\(|"
+UNSTABLE_SOURCE = re.compile(r"perf_counter|time\.time\(|\.seconds\b|ms_per_step|step_time\(|interleaved_times\(|"
                              r"inference_latency\(|ru_maxrss|id\(")
 UNSTABLE_OUTPUT = re.compile(r"0x[0-9a-fA-F]{6,}|\d+(\.\d+)?\s*it/s|s/it\b")
 
@@ -219,12 +220,7 @@ def test_a_temporary_directory_opened_in_an_earlier_cell_counts():
 
 # ------------------------------------------------------------------- the dynamic check (CI step in .ci/run)
 def memory_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_memory_limit", ROOT / "scripts" / "check_memory_limit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/check_memory_limit.py")
 
 
 def synthetic_notebook(tmp_path: Path, *sources: str) -> Path:
