@@ -102,7 +102,7 @@ class LoRALinear(nn.Module):
         if self.merged or self.disabled:
             return result
         update = self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T  # (..., in) -> (..., r) -> (..., out)
-        return result + update * self.scaling
+        return torch.add(result, update, alpha=self.scaling)  # result + scaling * update, in one operation
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
