@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from small_models import TinyLM, assert_same_state, state_copy
 
 from lora_teach.adapters import Adapter, WithAdapter, adapter_state_dict, add_adapters
 from lora_teach.measure import count_parameters
@@ -17,37 +18,6 @@ def randomise(adapter: Adapter, seed: int = 0) -> None:
     with torch.no_grad():
         for p in adapter.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
-
-
-def state_copy(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(model, before):
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for k, v in before.items():
-        assert torch.equal(after[k], v), k
-
-
-class TinyLM:
-    """A stand-in task: random windows of one fixed token sequence (no corpus needed)."""
-
-    name = "tiny"
-
-    def __init__(self, vocab_size=97, block_size=16):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(vocab_size, (400,), generator=g)
-        self.block_size = block_size
-
-    def train_batch(self, batch_size, generator=None):
-        starts = torch.randint(len(self.ids) - self.block_size - 1, (batch_size,), generator=generator)
-        offsets = torch.arange(self.block_size)
-        x, y = self.ids[starts[:, None] + offsets], self.ids[starts[:, None] + offsets + 1]
-        return x, y, torch.ones_like(x, dtype=torch.bool)
-
-    def evaluate(self, model):
-        return {}
 
 
 @settings(max_examples=25, deadline=None)

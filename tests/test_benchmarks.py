@@ -65,7 +65,10 @@ def test_the_lora_performance_benchmark_reports_every_figure_of_the_readme(tmp_p
     result = _script("lora_performance").main(["--repeats", "2", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["train_step_ms"]["ratio"] > 0  # peft is installed with the test requirements
-    assert result["lora_vs_full_step_ms"]["ratio"] > 0
+    step = result["lora_vs_full_step_ms"]
+    assert step["ratio"] > 0
+    low, high = step["above_floor_range"]
+    assert low <= step["above_floor"] <= high
     for key in ("ratio_merged", "ratio_merged_wrapped", "ratio_unmerged"):
         assert result["inference_ms"][key] > 0
     full, lora = result["memory_bytes"]["full"], result["memory_bytes"]["lora"]

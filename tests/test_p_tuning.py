@@ -5,46 +5,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from small_models import assert_unchanged, ids, small_gpt, snapshot
 
 from lora_teach.measure import count_parameters
-from lora_teach.model import GPT, GPTConfig, masked_cross_entropy
+from lora_teach.model import masked_cross_entropy
 from lora_teach.p_tuning import PromptEncoder, PTuning, classification_template
 from lora_teach.prompt_tuning import PromptTuning
 from lora_teach.training import train
 
 
-def small_gpt(std=None):
-    """A seeded 2-layer GPT with block_size 32; `std` re-draws its matrices so that a prompt can steer it
-    (at the default init of 0.02 a random model barely reads its context)."""
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32)).eval()
-    if std is not None:
-        with torch.no_grad():
-            for p in gpt.parameters():
-                if p.dim() == 2:
-                    p.normal_(0.0, std)
-    return gpt
-
-
 @pytest.fixture
 def model():
     return small_gpt()
-
-
-def ids(B, T, seed=0, vocab=97):
-    return torch.randint(vocab, (B, T), generator=torch.Generator().manual_seed(seed))
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, [p.requires_grad for p in model.parameters()]
-
-
-def assert_unchanged(model, before):
-    state, flags = before
-    after = model.state_dict()
-    assert after.keys() == state.keys()
-    assert all(torch.equal(after[k], v) for k, v in state.items())
-    assert [p.requires_grad for p in model.parameters()] == flags
 
 
 def base_params(model):

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from small_models import TinyLM, assert_same_state, state_copy
 
 from lora_teach.measure import count_parameters
 from lora_teach.model import GPT, GPTConfig
@@ -14,37 +15,6 @@ def own_parameters(wrapper: PrefixTuning) -> int:
     """Parameters the wrapper adds on top of the base model."""
     base = {id(p) for p in wrapper.base_model.parameters()}
     return sum(p.numel() for p in wrapper.parameters() if id(p) not in base)
-
-
-def state_copy(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(model, before):
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for k, v in before.items():
-        assert torch.equal(after[k], v), k
-
-
-class TinyLM:
-    """A stand-in task: random windows of one fixed token sequence (no corpus needed)."""
-
-    name = "tiny"
-
-    def __init__(self, vocab_size=97, block_size=16):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(vocab_size, (400,), generator=g)
-        self.block_size = block_size
-
-    def train_batch(self, batch_size, generator=None):
-        starts = torch.randint(len(self.ids) - self.block_size - 1, (batch_size,), generator=generator)
-        offsets = torch.arange(self.block_size)
-        x, y = self.ids[starts[:, None] + offsets], self.ids[starts[:, None] + offsets + 1]
-        return x, y, torch.ones_like(x, dtype=torch.bool)
-
-    def evaluate(self, model):
-        return {}
 
 
 def test_parameter_counts_during_training_and_after(tiny_model, tiny_config):
