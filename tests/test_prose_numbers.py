@@ -4,7 +4,9 @@ The notebooks are committed with the outputs of one clean run, so the prose can 
 decimal number with two or more decimals in a markdown cell must appear in the text output of some code cell of
 the same notebook. Numbers that are not measurements (arXiv identifiers, arithmetic shown in the prose, figures
 from papers) are listed below with the reason. When a re-run changes a printed number, this test names the
-sentence to update.
+sentence to update. The same holds for the teacher's notes on each notebook in docs/WORKSHOP.md: their numbers
+must be printed by that notebook or quoted in its prose. A number counts as shown only whole (0.41 is not in
+0.414).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def printed_text(nb) -> str:
     return "\n".join(parts)
 
 
+def shows(number: str, text: str) -> bool:
+    """True if `text` contains `number` as a whole number (0.41 is not shown by 0.414)."""
+    return re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", text) is not None
+
+
 def unprinted_numbers(nb, allowed: dict) -> list[str]:
     """'cell i: number in «context»' for each decimal in the prose that no output shows."""
     printed = printed_text(nb)
@@ -50,7 +57,7 @@ def unprinted_numbers(nb, allowed: dict) -> list[str]:
             continue
         source = ARXIV.sub("", cell.source)
         for m in DECIMAL.finditer(source):
-            if m[0] not in printed and m[0] not in allowed:
+            if not shows(m[0], printed) and m[0] not in allowed:
                 context = source[max(0, m.start() - 50):m.end() + 20].replace("\n", " ")
                 found.append(f"cell {i}: {m[0]} in «{context}»")
     return found
@@ -78,3 +85,42 @@ def test_every_exception_is_still_in_the_prose(path):
     nb = nbformat.read(path, as_version=4)
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert [n for n in NOT_MEASURED[path.name] if n not in prose] == [], "remove exceptions the prose dropped"
+
+
+WORKSHOP = ROOT / "docs" / "WORKSHOP.md"
+NOTES_HEADING = re.compile(r"^### (\d\d) · .*$", re.M)
+
+
+def teachers_notes() -> dict[str, str]:
+    """{"03": the text of the workshop guide's teacher's notes for notebook 03, ...}."""
+    text = WORKSHOP.read_text(encoding="utf-8")
+    parts = NOTES_HEADING.split(text)
+    return {number: body.split("\n## ")[0] for number, body in zip(parts[1::2], parts[2::2])}
+
+
+def unbacked_numbers(notes: str, nb) -> list[str]:
+    """Decimals in the notes that the notebook neither printed nor quotes in its own (checked) prose."""
+    printed = printed_text(nb)
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    notes = ARXIV.sub("", notes)
+    return [f"{m[0]} in «{notes[max(0, m.start() - 50):m.end() + 20].replace(chr(10), ' ')}»"
+            for m in DECIMAL.finditer(notes) if not shows(m[0], printed) and not shows(m[0], prose)]
+
+
+def test_the_workshop_guide_has_notes_for_every_notebook():
+    assert sorted(teachers_notes()) == [p.name[:2] for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_decimal_in_the_teachers_notes_comes_from_the_notebook(path):
+    nb = nbformat.read(path, as_version=4)
+    missing = unbacked_numbers(teachers_notes()[path.name[:2]], nb)
+    assert not missing, (f"docs/WORKSHOP.md, notes on {path.name}: numbers the notebook does not show:\n"
+                         + "\n".join(missing))
+
+
+def test_the_workshop_check_can_fail():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(0.414)", outputs=[nbformat.v4.new_output(
+        "stream", name="stdout", text="phi 0.414\n")])]
+    assert unbacked_numbers("from 0.414 to 0.41", nb) == ["0.41 in «from 0.414 to 0.41»"]
