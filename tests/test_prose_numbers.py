@@ -95,7 +95,7 @@ def teachers_notes() -> dict[str, str]:
     """{"03": the text of the workshop guide's teacher's notes for notebook 03, ...}."""
     text = WORKSHOP.read_text(encoding="utf-8")
     parts = NOTES_HEADING.split(text)
-    return {number: body.split("\n## ")[0] for number, body in zip(parts[1::2], parts[2::2])}
+    return {number: body.split("\n## ")[0] for number, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 def unbacked_numbers(notes: str, nb) -> list[str]:
