@@ -131,29 +131,50 @@ def main(argv=None) -> dict:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    s, f, i = result["train_step_ms"], result["lora_vs_full_step_ms"], result["inference_ms"]
-    print("| measurement | value | target |\n| --- | --- | --- |")
-    if s["ratio"] is not None:
-        print(f"| training step, ours / PEFT | {s['ours']:.1f} / {s['peft']:.1f} ms = **{s['ratio']:.3f}** "
-              f"({s['range'][0]:.3f}-{s['range'][1]:.3f}) | <= 1.05 |")
-    print(f"| training step, LoRA / full fine-tuning | {f['lora']:.1f} / {f['full']:.1f} ms = **{f['ratio']:.3f}** "
-          f"({f['range'][0]:.3f}-{f['range'][1]:.3f}) | <= 0.75 |")
-    print(f"| training step, no weight gradients / full fine-tuning | {f['no_weight_gradients']:.1f} / "
-          f"{f['full']:.1f} ms = {f['ratio_no_weight_gradients']:.3f} | (the floor) |")
-    print(f"| training step, LoRA minus the floor, as a share of a full step | {f['above_floor']:.3f} "
-          f"({f['above_floor_range'][0]:.3f}-{f['above_floor_range'][1]:.3f}) | (LoRA's own cost) |")
-    w = result["lora_vs_full_step_ms_d256"]
-    print(f"| training step, LoRA / full, stand-in with d = 256 | {w['lora']:.1f} / {w['full']:.1f} ms = "
-          f"{w['ratio']:.3f} ({w['range'][0]:.3f}-{w['range'][1]:.3f}) | (for reference) |")
-    print(f"| inference, merged LoRA (merge_and_unload) / base | {i['merged']:.2f} / {i['base']:.2f} ms = "
-          f"**{i['ratio_merged']:.3f}** ({i['range_merged'][0]:.3f}-{i['range_merged'][1]:.3f}) | <= 1.02 |")
-    print(f"| inference, merged but still wrapped in LoRALinear / base | {i['merged_wrapped']:.2f} / "
-          f"{i['base']:.2f} ms = {i['ratio_merged_wrapped']:.3f} | (for reference) |")
-    print(f"| inference, unmerged LoRA / base | {i['unmerged']:.2f} / {i['base']:.2f} ms = {i['ratio_unmerged']:.3f} "
-          "| (for reference) |")
-    for name, mem in memory.items():
-        print(f"| memory, {name} (MiB) | " + ", ".join(f"{k} {v / 2**20:.2f}" for k, v in mem.items()) + " | |")
+    print(markdown_table(result))
+    print(memory_line(result))
     return result
+
+
+def markdown_table(result: dict) -> str:
+    """The README's performance table, from a result of `main` (or the JSON file it writes)."""
+    s, f, i = result["train_step_ms"], result["lora_vs_full_step_ms"], result["inference_ms"]
+    w = result["lora_vs_full_step_ms_d256"]
+
+    def span(r):
+        return f"({r[0]:.3f}-{r[1]:.3f})"
+
+    rows = ["| measurement | value | target |", "| --- | --- | --- |"]
+    if s["ratio"] is not None:
+        rows.append(f"| training step, ours / PEFT | {s['ours']:.1f} / {s['peft']:.1f} ms = **{s['ratio']:.3f}** "
+                    f"{span(s['range'])} | <= 1.05 |")
+    rows += [
+        f"| training step, LoRA / full fine-tuning | {f['lora']:.1f} / {f['full']:.1f} ms = **{f['ratio']:.3f}** "
+        f"{span(f['range'])} | <= 0.75 |",
+        f"| training step, no weight gradients at all / full fine-tuning | {f['no_weight_gradients']:.1f} / "
+        f"{f['full']:.1f} ms = {f['ratio_no_weight_gradients']:.3f} | the floor |",
+        f"| training step, LoRA minus the floor, as a share of a full step | {f['above_floor']:.3f} "
+        f"{span(f['above_floor_range'])} | LoRA's own cost |",
+        f"| training step, LoRA / full, a stand-in with d = 256 (random weights) | {w['lora']:.1f} / "
+        f"{w['full']:.1f} ms = {w['ratio']:.3f} {span(w['range'])} | for reference |",
+        f"| inference, merged LoRA (`merge_and_unload`) / base | {i['merged']:.1f} / {i['base']:.1f} ms = "
+        f"**{i['ratio_merged']:.3f}** {span(i['range_merged'])} | <= 1.02 |",
+        f"| inference, merged but still wrapped in `LoRALinear` / base | {i['merged_wrapped']:.1f} / "
+        f"{i['base']:.1f} ms = {i['ratio_merged_wrapped']:.3f} {span(i['range_merged_wrapped'])} | for reference |",
+        f"| inference, unmerged LoRA / base | {i['unmerged']:.1f} / {i['base']:.1f} ms = {i['ratio_unmerged']:.3f} "
+        f"{span(i['range_unmerged'])} | for reference |",
+    ]
+    return "\n".join(rows)
+
+
+
+def memory_line(result: dict) -> str:
+    """The README's memory sentence: MiB by component for full fine-tuning and for LoRA."""
+    def parts(mem):
+        names = {"weights": "weights", "gradients": "gradients", "optimizer": "Adam", "activations": "activations"}
+        return ", ".join(f"{names[k]} {mem[k] / 2**20:.2f}" for k in names)
+    memory = result["memory_bytes"]
+    return f"full fine-tuning: {parts(memory['full'])};\nLoRA: {parts(memory['lora'])}"
 
 
 if __name__ == "__main__":

@@ -74,3 +74,12 @@ def test_the_lora_performance_benchmark_reports_every_figure_of_the_readme(tmp_p
     full, lora = result["memory_bytes"]["full"], result["memory_bytes"]["lora"]
     assert lora["gradients"] < full["gradients"] / 10 and lora["optimizer"] == 2 * lora["gradients"]
     assert lora["weights"] > full["weights"], "LoRA adds its factors to the frozen weights"
+
+
+def test_the_readme_shows_the_shipped_lora_performance_figures():
+    """The README's table and memory sentence are the committed JSON's, as the benchmark prints them."""
+    script = _script("lora_performance")
+    shipped = json.loads((SHIPPED / "lora_performance.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert script.markdown_table(shipped) in readme
+    assert script.memory_line(shipped) in readme
