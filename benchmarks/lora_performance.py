@@ -99,9 +99,12 @@ def main(argv=None) -> dict:
     def ms(key):  # the median over runs
         return statistics.median(r[key] for r in runs) if all(key in r for r in runs) else None
 
+    def spread(values):  # the median of per-run values, and their range
+        values = sorted(values)
+        return statistics.median(values), values[0], values[-1]
+
     def ratio(a, b):  # the median over runs of the ratio within a run, and its range
-        values = sorted(r[a] / r[b] for r in runs) if all(a in r for r in runs) else None
-        return (statistics.median(values), values[0], values[-1]) if values else (None, None, None)
+        return spread(r[a] / r[b] for r in runs) if all(a in r for r in runs) else (None, None, None)
 
     result = {"threads": torch.get_num_threads(), "batch": "16 x 96 characters (Shakespeare windows)",
               "lora": CONFIG, "repeats": args.repeats, "runs": runs}
@@ -111,9 +114,8 @@ def main(argv=None) -> dict:
     result["lora_vs_full_step_ms"] = {"lora": ms("step_ours"), "full": ms("step_full"), "ratio": r, "range": [lo, hi],
                                       "no_weight_gradients": ms("step_no_weight_gradients"),
                                       "ratio_no_weight_gradients": ratio("step_no_weight_gradients", "step_full")[0]}
-    above = sorted((r["step_ours"] - r["step_no_weight_gradients"]) / r["step_full"] for r in runs)
-    result["lora_vs_full_step_ms"]["above_floor"] = statistics.median(above)  # LoRA's own share of a full step
-    result["lora_vs_full_step_ms"]["above_floor_range"] = [above[0], above[-1]]
+    r, lo, hi = spread((run["step_ours"] - run["step_no_weight_gradients"]) / run["step_full"] for run in runs)
+    result["lora_vs_full_step_ms"].update(above_floor=r, above_floor_range=[lo, hi])  # LoRA's own share of a step
     r, lo, hi = ratio("step_d256_lora", "step_d256_full")
     result["lora_vs_full_step_ms_d256"] = {"lora": ms("step_d256_lora"), "full": ms("step_d256_full"), "ratio": r,
                                            "range": [lo, hi]}

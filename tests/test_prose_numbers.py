@@ -48,6 +48,10 @@ def shows(number: str, text: str) -> bool:
     return re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", text) is not None
 
 
+def prose_text(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
 def unprinted_numbers(nb, allowed: dict) -> list[str]:
     """'cell i: number in «context»' for each decimal in the prose that no output shows."""
     printed = printed_text(nb)
@@ -83,7 +87,7 @@ def test_the_check_can_fail():
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name in NOT_MEASURED], ids=lambda p: p.name)
 def test_every_exception_is_still_in_the_prose(path):
     nb = nbformat.read(path, as_version=4)
-    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    prose = prose_text(nb)
     assert [n for n in NOT_MEASURED[path.name] if n not in prose] == [], "remove exceptions the prose dropped"
 
 
@@ -101,7 +105,7 @@ def teachers_notes() -> dict[str, str]:
 def unbacked_numbers(notes: str, nb) -> list[str]:
     """Decimals in the notes that the notebook neither printed nor quotes in its own (checked) prose."""
     printed = printed_text(nb)
-    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    prose = prose_text(nb)
     notes = ARXIV.sub("", notes)
     return [f"{m[0]} in «{notes[max(0, m.start() - 50):m.end() + 20].replace(chr(10), ' ')}»"
             for m in DECIMAL.finditer(notes) if not shows(m[0], printed) and not shows(m[0], prose)]
