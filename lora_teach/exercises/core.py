@@ -1,0 +1,203 @@
+"""The building blocks of every graded exercise, and the messages they print.
+
+Every `check_...(answer)` prints one line, `✓` and why the answer is right, or `✗` and what is wrong followed by
+a hint, and returns True or False. It never raises: a missing answer (`None`, the stub of the student edition),
+a wrong type, a wrong shape, or an exception inside the student's own function all become a `✗` message.
+
+A new exercise is usually one call of `check_number`, `check_choice` or `check_function` (docs/WORKSHOP.md).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+
+import torch
+
+PASS, FAIL = "✓", "✗"
+
+
+def _passed(message: str) -> bool:
+    print(f"{PASS} {message}")
+    return True
+
+
+def _failed(problem: str, hint: str) -> bool:
+    print(f"{FAIL} {problem}\n  Hint: {hint}")
+    return False
+
+
+def _missing(name: str, hint: str) -> bool:
+    return _failed(f"`{name}` is still None: replace the None with your answer, then run the cell again.", hint)
+
+
+def _describe(value) -> str:
+    """A short description of a value for a message: its type, and its shape or a short repr."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _to_number(value) -> float | None:
+    """`value` as a float if it is one real number (Python, NumPy or a one-element tensor), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            return None
+        value = value.item()
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
+
+
+def _close(a: float, b: float, rel_tol: float) -> bool:
+    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
+
+
+def check_number(answer, expected: float, *, name: str, hint: str, explanation: str, rel_tol: float = 0.01,
+                 mistakes: Sequence[tuple[float, str]] = ()) -> bool:
+    """✓ if `answer` is a number within `rel_tol` of `expected`; a value listed in `mistakes` gets its own message."""
+    if answer is None:
+        return _missing(name, hint)
+    value = _to_number(answer)
+    if value is None:
+        return _failed(f"`{name}` should be a number, got {_describe(answer)}.", hint)
+    if not math.isfinite(value):
+        return _failed(f"`{name}` is {value}: it should be a finite number.", hint)
+    if _close(value, expected, rel_tol):
+        return _passed(explanation)
+    for wrong, message in mistakes:
+        if _close(value, wrong, rel_tol):
+            return _failed(f"{name} = {value:g}: {message}", hint)
+    direction = "too large" if value > expected else "too small"
+    return _failed(f"{name} = {value:g} is {direction}.", hint)
+
+
+def check_choice(answer, correct: str, wrong: dict[str, str], *, name: str, explanation: str,
+                 hint: str = "read each option again against the cells above; exactly one is right.") -> bool:
+    """Multiple choice: `answer` is one letter; each wrong letter maps to why that option is wrong."""
+    letters = sorted({correct, *wrong})
+    choices = ", ".join(repr(letter) for letter in letters)
+    if answer is None:
+        return _missing(name, f"set it to one letter: {choices}.")
+    if not isinstance(answer, str):
+        return _failed(f"`{name}` should be a letter in quotes such as 'a', got {_describe(answer)}.",
+                       f"set it to one of {choices}.")
+    letter = answer.strip().strip("()").strip().lower()
+    if letter not in letters:
+        return _failed(f"{answer!r} is not one of the options {choices}.", f"set `{name}` to one of {choices}.")
+    if letter == correct:
+        return _passed(f"({letter}) is right. {explanation}")
+    return _failed(f"({letter}) is not right: {wrong[letter]}", hint)
+
+
+def _format_call(name: str, args: tuple, arg_names: Sequence[str] | None) -> str:
+    parts = []
+    for i, arg in enumerate(args):
+        if isinstance(arg, torch.Tensor):
+            shown = f"shape {tuple(arg.shape)}"
+        elif isinstance(arg, torch.nn.Module):
+            params = list(arg.parameters())
+            trainable, total = sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+            shown = f"a {type(arg).__name__} with {trainable:,} of {total:,} parameters trainable"
+        else:
+            shown = repr(arg)
+        parts.append(f"{arg_names[i]}={shown}" if arg_names else shown)
+    return f"{name}({', '.join(parts)})"
+
+
+def _clone(args: tuple) -> tuple:
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _compare(got, expected, rtol: float, atol: float) -> str | None:
+    """None if `got` matches `expected` (a number, a tensor, or a tuple of tensors), else what differs."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            return f"returned {_describe(got)}, not a tensor"
+        if got.shape != expected.shape:
+            return f"returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        if got.is_complex() or not torch.allclose(got.detach().to(expected.dtype), expected, rtol=rtol, atol=atol):
+            return "returned a tensor of the right shape with the wrong values"
+        return None
+    if isinstance(expected, tuple):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"returned {_describe(got)}, expected a tuple of {len(expected)}"
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            problem = _compare(g, e, rtol, atol)
+            if problem:
+                return f"item {i}: {problem}"
+        return None
+    value = _to_number(got)
+    if value is None:
+        return f"returned {_describe(got)}, not a number"
+    if isinstance(expected, int):
+        return None if value == expected else f"returned {value:g}, {'too large' if value > expected else 'too small'}"
+    return None if _close(value, expected, rtol) else f"returned {value:g}, expected about {expected:g}"
+
+
+def check_function(fn, *, name: str, cases: Sequence[tuple], reference: Callable, hint: str, explanation: str,
+                   arg_names: Sequence[str] | None = None, diagnose: Callable | None = None,
+                   rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Call `fn(*case)` for each case and compare with `reference(*case)`: numbers exactly when the reference
+    returns an int, tensors (or tuples of them) with allclose. `diagnose(case, got)` may name a known mistake.
+    Tensor arguments are passed as copies and must come back unchanged (no in-place edits of the inputs)."""
+    if fn is None:
+        return _missing(name, hint)
+    if not callable(fn):
+        return _failed(f"`{name}` should be a function, got {_describe(fn)}.", hint)
+    for case in cases:
+        call = _format_call(name, case, arg_names)
+        expected = reference(*case)  # before the student's code runs, in case it changes a shared object
+        args = _clone(case)
+        try:
+            got = fn(*args)
+        except Exception as err:  # the student's code failed: report it instead of a traceback
+            return _failed(f"{call} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                           _diagnosis(diagnose, case, err) or hint)
+        if got is None:
+            return _failed(f"{call} returned None: replace `return None` with your code.", hint)
+        problem = _compare(got, expected, rtol, atol)
+        if problem:
+            return _failed(f"{call} {problem}.", _diagnosis(diagnose, case, got) or hint)
+        for i, (before, after) in enumerate(zip(case, args, strict=True)):
+            if isinstance(before, torch.Tensor) and not torch.equal(before, after):
+                which = arg_names[i] if arg_names else f"argument {i}"
+                return _failed(f"{call} changed its input `{which}` in place.",
+                               "compute a new tensor (for example `w + delta`, not `w += delta`).")
+    return _passed(explanation)
+
+
+def _diagnosis(diagnose, case, got) -> str | None:
+    """The specific message `diagnose` gives for this wrong result, if any (a failing diagnose is ignored)."""
+    if diagnose is None:
+        return None
+    try:
+        return diagnose(case, got)
+    except Exception:
+        return None
+
+
+def _equals(got, expected) -> bool:
+    """True if `got` (any type) equals `expected`: tensors by allclose, numbers by value."""
+    if isinstance(expected, torch.Tensor):
+        return (isinstance(got, torch.Tensor) and got.shape == expected.shape
+                and torch.allclose(got.detach().to(expected.dtype), expected, rtol=1e-4, atol=1e-5))
+    value = _to_number(got)
+    return value is not None and _close(value, float(expected), 1e-9)
+
+
+def _first_match(got, candidates: Sequence[tuple[object, str]]) -> str | None:
+    for value, message in candidates:
+        if _equals(got, value):
+            return message
+    return None
+
+
+def _base_parameters() -> int:
+    from ..model import base_model_card
+
+    return int(base_model_card()["training"]["parameters"])

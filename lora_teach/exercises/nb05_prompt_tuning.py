@@ -1,0 +1,73 @@
+"""Graded exercises of notebook 05: Prompt tuning."""
+
+from __future__ import annotations
+
+import torch
+
+from .core import (
+    _first_match,
+    check_choice,
+    check_function,
+    check_number,
+)
+
+
+def _prepend_reference(virtual, x):
+    return torch.cat([virtual.expand(x.shape[0], -1, -1), x], dim=1)  # (B, P, C) + (B, T, C) -> (B, P+T, C)
+
+
+def _prepend_mistakes(case, got):
+    virtual, x = case
+    if isinstance(got, Exception):
+        return ("expand the (P, C) tensor to (B, P, C) first, e.g. `virtual.expand(x.shape[0], -1, -1)`, "
+                "then torch.cat along dim 1 (time).") if "dimension" in str(got) or "size" in str(got) else None
+    return _first_match(got, [
+        (torch.cat([x, virtual.expand(x.shape[0], -1, -1)], dim=1),
+         "the virtual tokens go in front of the sequence (positions 0..P-1), not after it.")])
+
+
+def check_prepend_virtual_tokens(fn) -> bool:
+    """Prompt tuning / prefix: prepend(virtual (P, C), x (B, T, C)) -> (B, P + T, C), the same P rows for every b."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    cases = [(rand(3, 4), rand(2, 5, 4)), (rand(1, 8), rand(3, 2, 8))]  # (P, C), (B, T, C)
+    return check_function(
+        fn, name="prepend", arg_names=["virtual", "x"], cases=cases, reference=_prepend_reference,
+        diagnose=_prepend_mistakes,
+        hint="expand `virtual` to (B, P, C) and concatenate it in front of x along the time dimension (dim 1).",
+        explanation="Every sequence in the batch gets the same P vectors in front of it, along the time axis.")
+
+
+def check_t5_prompt_numbers(answer) -> bool:
+    """05: numbers one task costs with prompt tuning on T5-XXL (d = 4096) and 100 prompt tokens."""
+    n_tokens, d, n_layer = 100, 4096, 24
+    expected = n_tokens * d
+    return check_number(
+        answer, expected, name="t5_prompt_numbers",
+        hint="a soft prompt is one (n_tokens, d) tensor at the input, and nothing else trains.",
+        explanation=f"{n_tokens} × {d:,} = {expected:,} numbers, about 4·10⁻⁵ of T5-XXL's 11 billion parameters "
+                    "(0.004 %). Ours is 20 × 128 = 2,560, 0.3 % of the model: the fraction is tiny only when d is "
+                    "small next to the model's size, one more way in which prompt tuning is a method for large models.",
+        mistakes=[(n_tokens, "that counts the tokens; each one is a vector of d numbers."),
+                  (d, "that is one vector; the prompt has 100 of them."),
+                  (2 * n_layer * n_tokens * d, "that is prefix tuning's count (a key and a value at every layer); "
+                                               "a soft prompt lives only at the input."),
+                  (n_layer * n_tokens * d, "a soft prompt lives only at the input, not at every layer."),
+                  (d * d, "the prompt's size does not depend on d², only on n_tokens × d.")])
+
+
+def check_prompt_activation_memory(answer) -> bool:
+    """05: why prompt tuning's activation memory is not 0.3 % of full fine-tuning's."""
+    return check_choice(
+        answer, "c", name="activation_memory_why",
+        wrong={"a": "the frozen weights are stored once, with the weights; activations are per-example tensors "
+                    "that the forward pass keeps for the backward pass.",
+               "b": "AdamW's moments belong to the optimizer line, and prompt tuning's are tiny (20.0 KiB above).",
+               "d": "nothing is recomputed here: the training loop keeps every activation autograd asks for."},
+        explanation="The only trainable tensor is at the bottom, so its gradient must flow back through every "
+                    "layer, and each layer keeps what that backward pass needs, on a sequence 20 positions longer. "
+                    "What shrinks is what depends on the trainable parameters: gradients, optimizer state and the "
+                    "checkpoint.")

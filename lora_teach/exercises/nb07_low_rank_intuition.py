@@ -1,0 +1,149 @@
+"""Graded exercises of notebook 07: Low rank: the intuition behind LoRA."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .core import (
+    _describe,
+    _failed,
+    _first_match,
+    _format_call,
+    _missing,
+    _passed,
+    check_choice,
+    check_number,
+)
+
+
+def check_break_even_rank(answer) -> bool:
+    """07: the largest rank r at which B (512, r) and A (r, 128) hold fewer numbers than up_proj's 512 x 128."""
+    m, n = 512, 128
+    expected = (m * n - 1) // (m + n)  # the largest r with r (m + n) < m n
+    return check_number(
+        answer, expected, name="break_even_rank", rel_tol=1e-9,
+        hint="the factors hold r · (512 + 128) numbers and the matrix 512 · 128 = 65,536: find the largest whole r "
+             "for which the first is smaller.",
+        explanation=f"{expected} · 640 = {expected * (m + n):,} < 65,536, while {expected + 1} · 640 = "
+                    f"{(expected + 1) * (m + n):,} is already more. The break-even is m·n / (m + n), half the side "
+                    "of a square matrix; LoRA's usual r of 1 to 64 stays far below it, where the factors are small.",
+        mistakes=[(expected + 1, f"at r = {expected + 1} the factors hold {(expected + 1) * (m + n):,} numbers, "
+                                 "more than the matrix's 65,536."),
+                  (m * n / (m + n), "r counts columns of B (and rows of A): it is a whole number. Round the right "
+                                    "way."),
+                  *[(r, "that is the break-even of a square 128 × 128 matrix (r · 256 against 16,384); up_proj is "
+                        "512 × 128, so the factors hold r · (512 + 128).") for r in (63, 64)],
+                  *[(r, "that is the break-even of a square 512 × 512 matrix; up_proj is 512 × 128.")
+                    for r in (255, 256)],
+                  (128, "a 512 × 128 matrix has rank at most 128, but the factors outgrow the matrix well before that: "
+                        "at r = 128 they hold 81,920 numbers.")])
+
+
+def _best_rank_r(M: torch.Tensor, r: int) -> torch.Tensor:
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)  # U (m, k), S (k,), Vh (k, n), k = min(m, n)
+    return U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]  # (m, r) (r, r) (r, n) -> (m, n)
+
+
+def _low_rank_factor_mistakes(M: torch.Tensor, r: int, product: torch.Tensor) -> str | None:
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    candidates = [
+        (U[:, :r] @ Vh[:r], "the singular values are missing: B A must include diag(S[:r]) once, e.g. "
+                            "B = U[:, :r] * S[:r]."),
+        (U[:, :r] @ torch.diag(S[:r] ** 2) @ Vh[:r], "the singular values are in twice: put S[:r] into B or into A "
+                                                      "(or its square root into both), not S into both."),
+        (U[:, -r:] @ torch.diag(S[-r:]) @ Vh[-r:], "those are the r smallest directions: torch.linalg.svd sorts S "
+                                                   "in decreasing order, so keep the first r."),
+    ]
+    if M.shape[0] >= M.shape[1]:  # a transposed Vh only has the right shape here
+        candidates.append((U[:, :r] @ torch.diag(S[:r]) @ Vh[:, :r].T,
+                           "wrong right singular vectors: torch.linalg.svd returns Vh = Vᵀ, whose ROWS are the right "
+                           "singular vectors, so A = Vh[:r] (with the older torch.svd, which returns V: V[:, :r].T)."))
+    return _first_match(product, candidates)
+
+
+def check_low_rank_factors(fn) -> bool:
+    """07: low_rank_factors(M, r) -> (B (m, r), A (r, n)) whose product B @ A is the best rank-r approximation of M."""
+    name = "low_rank_factors"
+    hint = ("U, S, Vh = torch.linalg.svd(M, full_matrices=False); keep the first r of each: B = U[:, :r] * S[:r] "
+            "is (m, r) and A = Vh[:r] is (r, n).")
+    if fn is None:
+        return _missing(name, hint)
+    if not callable(fn):
+        return _failed(f"`{name}` should be a function, got {_describe(fn)}.", hint)
+    g = torch.Generator().manual_seed(7)
+    cases = [(torch.randn(6, 4, generator=g, dtype=torch.float64), 2),  # tall, wide and square
+             (torch.randn(5, 8, generator=g, dtype=torch.float64), 3),
+             (torch.randn(7, 7, generator=g, dtype=torch.float64), 1)]
+    for M, r in cases:
+        m, n = M.shape
+        call = _format_call(name, (M, r), ["M", "r"])
+        argument = M.clone()
+        try:
+            got = fn(argument, r)
+        except Exception as err:  # the student's code failed: report it instead of a traceback
+            return _failed(f"{call} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", hint)
+        if got is None:
+            return _failed(f"{call} returned None: replace `return None` with your code.", hint)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got)):
+            if isinstance(got, torch.Tensor) and tuple(got.shape) == (m, n):
+                return _failed(f"{call} returned one ({m}, {n}) matrix.",
+                               "return the two factors `B, A` that LoRA would store, not their product.")
+            return _failed(f"{call} returned {_describe(got)}, expected a pair (B, A) of tensors.", hint)
+        B, A = got
+        if tuple(B.shape) != (m, r) or tuple(A.shape) != (r, n):
+            return _failed(f"{call} returned B of shape {tuple(B.shape)} and A of shape {tuple(A.shape)}; expected "
+                           f"B ({m}, {r}) and A ({r}, {n}).",
+                           "B takes the first r columns of U (scaled by S), A the first r rows of Vh.")
+        if B.is_complex() or A.is_complex():
+            return _failed(f"{call} returned complex tensors.", hint)
+        product = B.detach().to(M.dtype) @ A.detach().to(M.dtype)  # (m, r) @ (r, n) -> (m, n)
+        if not torch.allclose(product, _best_rank_r(M, r), rtol=1e-4, atol=1e-5):
+            return _failed(f"{call}: B @ A is not the best rank-{r} approximation of M.",
+                           _low_rank_factor_mistakes(M, r, product) or hint)
+        if not torch.equal(argument, M):
+            return _failed(f"{call} changed its input `M` in place.", "compute new tensors; leave M as it is.")
+    return _passed("B = U_r diag(S_r) is (m, r) and A = V_rᵀ is (r, n): r · (m + n) numbers whose product is the "
+                   "truncated SVD, the best rank-r approximation (Eckart–Young). Where S goes (into B, into A, or "
+                   "its square root into both) does not change B A; LoRA learns such a pair directly.")
+
+
+def check_rank_one_error(answer) -> bool:
+    """07: relative Frobenius error of the best rank-1 approximation of a matrix with singular values 5.6478, 4.1996."""
+    s1, s2 = 5.6478, 4.1996  # printed by notebook 07's first SVD cell (the other three are 0)
+    norm = math.hypot(s1, s2)  # ||M||_F = sqrt(s1^2 + s2^2)
+    expected = s2 / norm
+    return check_number(
+        answer, expected, name="rank_one_error", rel_tol=0.01,
+        hint="Eckart–Young: ||M - M_1||_F = sqrt(sum of the dropped sigma_i^2), and ||M||_F = sqrt(sum of all "
+             "sigma_i^2).",
+        explanation=f"sqrt(4.1996²) / sqrt(5.6478² + 4.1996²) = 4.1996 / {norm:.4f} ≈ {expected:.3f}. Squared, "
+                    f"{expected ** 2:.3f} is the share of the energy dropped: relative error = sqrt(1 - energy kept), "
+                    "as the picture's 90.3% kept and 31.2% error showed above.",
+        mistakes=[(s2, "that is the absolute error ||M - M_1||_F; divide by ||M||_F for the relative error."),
+                  (s2 / s1, "that divides by sigma_1 alone (the error in the spectral norm); ||M||_F is "
+                            "sqrt(sigma_1² + sigma_2²)."),
+                  (s2 / (s1 + s2), "the Frobenius norm adds squares: sqrt(sigma_1² + sigma_2²), not "
+                                   "sigma_1 + sigma_2."),
+                  (s2 ** 2 / norm ** 2, "that is the share of the energy dropped; the relative error is its square "
+                                        "root."),
+                  (s1 ** 2 / norm ** 2, "that is the share of the energy kept; the error comes from what is dropped."),
+                  (s1 / norm, "that is ||M_1||_F / ||M||_F, the size of what is kept, not of the error."),
+                  (100 * s2 / norm, "that looks like a percentage; give a fraction between 0 and 1."),
+                  (0.0, "M has rank 2: a rank-1 approximation cannot be exact (rank 2 would be).")])
+
+
+def check_why_lora_works(answer) -> bool:
+    """07: why a pretrained W0 far from low rank is no contradiction to LoRA working."""
+    return check_choice(
+        answer, "b", name="why_lora_works",
+        wrong={"a": "LoRA never touches W₀: it stays whole and frozen. A rank-8 copy of a pretrained matrix would "
+                    "keep only 0.234 to 0.662 of its energy (the table for block 0).",
+               "c": "float32 rounding is about 10⁻⁷ (the three zero singular values of the 6 × 5 matrix); the "
+                    "pretrained matrices spread real energy over many directions, far above that.",
+               "d": "with the projections' change removed (r = 0) the model fell back to 0.340, chance level: what "
+                    "was learned sits in the projections."},
+        explanation="LoRA computes W₀x + BAx: W₀ keeps all its directions and only the update is low rank. The "
+                    "measurement above: the top 8 directions of the change hold about 80% of its energy in the "
+                    "attention projections, and rank 8 in every projection keeps 0.610 of the 0.613 accuracy.")

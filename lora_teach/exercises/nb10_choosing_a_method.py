@@ -1,0 +1,68 @@
+"""Graded exercises of notebook 10: Choosing a method."""
+
+from __future__ import annotations
+
+from .core import (
+    check_choice,
+    check_number,
+)
+
+# the measured table of notebook 10 (first seed, 16 x 96 Shakespeare characters): state and activations in MiB
+FULL_STATE_MIB, FULL_ACT_MIB = 12.73, 50.3
+
+
+LORA_STATE_MIB, LORA_ACT_MIB = 3.43, 34.1
+
+
+def check_lora_memory_fraction(answer) -> bool:
+    """10: LoRA's training memory (state + activations) as a fraction of full fine-tuning's, from the table."""
+    full, lora = FULL_STATE_MIB + FULL_ACT_MIB, LORA_STATE_MIB + LORA_ACT_MIB
+    expected = lora / full
+    return check_number(
+        answer, expected, name="lora_memory_fraction", rel_tol=0.02,
+        hint="add the state and act columns of each row, then divide LoRA's total by full fine-tuning's.",
+        explanation=f"({LORA_STATE_MIB} + {LORA_ACT_MIB}) / ({FULL_STATE_MIB} + {FULL_ACT_MIB}) = {lora:.1f} / "
+                    f"{full:.1f} MiB ≈ {expected:.2f}: LoRA trains 2% of the parameters but needs about 60% of the "
+                    "memory here, because the activations, which every method keeps, dominate at this scale. At "
+                    "175 B parameters the weights, gradients and optimizer state dominate instead, and the same "
+                    "calculation gives 349 GB against 1.4 TB.",
+        mistakes=[*[(share, "that is about LoRA's share of the trainable parameters (or of the gradient and "
+                            "optimizer state); memory also holds the frozen weights and the activations.")
+                    for share in (0.0193, 0.0196, 0.0199)],
+                  (LORA_STATE_MIB / FULL_STATE_MIB, "that compares the state column only; add the activations, the "
+                                                    "largest part of both rows."),
+                  (LORA_ACT_MIB / FULL_ACT_MIB, "that compares the activations only; add the state column."),
+                  (1 - expected, "that is the share LoRA saves; the question asks for the share it uses."),
+                  (1 / expected, "upside down: LoRA's total divided by full fine-tuning's."),
+                  (100 * expected, "that looks like a percentage; give a fraction between 0 and 1.")])
+
+
+def check_method_for_serving(answer) -> bool:
+    """10: one task per server, base-model latency, small files, accuracy above chance: which method?"""
+    return check_choice(
+        answer, "d", name="serving_choice",
+        wrong={"a": "each task would store a whole model: 3344.5 kB here, and 13.5 GB in fp16 for a 7 B model (the "
+                    "calculator). The files are not small.",
+               "b": "their accuracy (0.500) and files (149.4 kB) would do, but adapters cannot be merged: every "
+                    "forward pass runs the extra layers (see the latency table).",
+               "c": "the files are the smallest (10.3 kB), but 0.332 is chance on three authors at this scale, and 20 "
+                    "extra positions make each forward pass clearly slower (see the latency table)."},
+        explanation="LoRA stores 67.0 kB per task, reached 0.534 on the author task, and merged into the weights it "
+                    "runs exactly the base model's matrix products, no more. Keep it unmerged "
+                    "instead if one server must switch between tasks.")
+
+
+def check_small_data_reading(answer) -> bool:
+    """10: what the small-data runs (24 passages) of full fine-tuning and LoRA support."""
+    return check_choice(
+        answer, "b", name="small_data_reading",
+        wrong={"a": "LoRA memorised the 24 passages too (final training loss 0.003), and its validation loss also "
+                    "climbed above its best (+0.118).",
+               "c": "its lower validation loss came with a lower accuracy (0.414 against 0.517): fewer confident "
+                    "mistakes, not more right answers. Which is 'better' depends on the metric; stopping early helps "
+                    "both.",
+               "d": "a training loss of 0.000 with a validation loss 0.194 above its best is overfitting; the higher "
+                    "accuracy shows it had learned more before it started to memorise."},
+        explanation="Both drive the training loss to about 0; full fine-tuning's validation loss climbs further above "
+                    "its best (+0.194 against +0.118), so LoRA overfits less, but its accuracy is lower (0.414 "
+                    "against 0.517): fewer trainable parameters slow learning as well as memorising.")
