@@ -61,8 +61,9 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not (isinstance(base, nn.Linear) or getattr(base, "is_quantized", False)):
+            raise TypeError(f"LoRALinear wraps an nn.Linear or a frozen quantised linear layer (QLoRA), "
+                            f"got {type(base).__name__}")
         _check_r(r)
         _check_alpha(alpha)
         _check_dropout(dropout)
@@ -86,6 +87,9 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight (W <- W + scaling B A); a second call does nothing."""
+        if getattr(self.base_layer, "is_quantized", False):
+            raise ValueError("cannot merge into a quantised base exactly: the sum would have to be quantised again, "
+                             "which loses precision; lora_teach.quantize shows that lossy merge")
         if not self.merged:
             self.base_layer.weight += self.get_delta_weight()
             self.merged = True
