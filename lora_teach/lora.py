@@ -24,8 +24,10 @@ from safetensors.torch import save_file
 
 from .model import read_safetensors
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the file names PEFT's save_pretrained uses
-ADAPTER_CONFIG = "adapter_config.json"
+# lora_teach's own adapter format; PEFT's format (adapter_model.safetensors + adapter_config.json) is written by
+# lora_teach.hf.save_peft_adapter, so no file here looks like a PEFT adapter it is not.
+ADAPTER_WEIGHTS = "lora_teach_adapter.safetensors"
+ADAPTER_CONFIG = "lora_teach_adapter.json"
 
 
 # ----------------------------------------------------------------------------------------------- validation

@@ -299,3 +299,10 @@ def test_adapter_config_is_plain_json_with_the_base_shapes(tmp_path):
     folder = save_adapter(lora_gpt(r=4), tmp_path / "adapter")
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
     assert config["r"] == 4 and config["base_shapes"]["blocks.0.attn.q_proj"] == [16, 16]
+
+
+def test_our_adapter_format_does_not_borrow_peft_file_names(tmp_path):
+    # PEFT would try to load a folder holding adapter_config.json and fail on our keys: a look-alike trap.
+    folder = save_adapter(lora_gpt(r=4), tmp_path / "adapter")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS])
+    assert not {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"} & {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
