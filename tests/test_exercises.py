@@ -248,13 +248,25 @@ MISTAKES_05_06 = [
 
 
 # ------------------------------------------------------------------------------------------------ notebook 03
+def _bottleneck(x, W_down, b_down, W_up, b_up):
+    return x + F.gelu(x @ W_down.T + b_down) @ W_up.T + b_up
+
+
 RIGHT.update({
+    "check_bottleneck_adapter": _bottleneck,
     "check_pfeiffer_parameter_count": 4 * (2 * 32 * 128 + 128 + 32),
     "check_adapter_without_skip": "b",
     "check_why_adapters_cannot_merge": "c",
 })
 
 MISTAKES_03 = [
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: F.gelu(x @ wd.T + bd) @ wu.T + bu, "skip connection"),
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + torch.relu(x @ wd.T + bd) @ wu.T + bu, "GELU"),
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + (x @ wd.T + bd) @ wu.T + bu, "non-linearity"),
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + F.gelu(x @ wd.T) @ wu.T, "biases are missing"),
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + F.gelu(x @ wd.T + bd) @ wu.T, "b_up"),
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + F.gelu(x @ wd + bd) @ wu + bu, "W_down is (m, d)"),
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x.add_(F.gelu(x @ wd.T + bd) @ wu.T + bu), "in place"),
     ("check_pfeiffer_parameter_count", 2 * 4 * (2 * 32 * 128 + 128 + 32), "Houlsby"),
     ("check_pfeiffer_parameter_count", 4 * (2 * 32 * 128 + 128 + 32) + 2 * 128 * 9, "layer norms"),
     ("check_pfeiffer_parameter_count", 2 * 32 * 128 + 128 + 32, "one adapter"),
@@ -266,6 +278,18 @@ MISTAKES_03 = [
     ("check_why_adapters_cannot_merge", "b", "one d × d matrix"),
     ("check_why_adapters_cannot_merge", "a", "affine"),
 ]
+
+
+def test_the_bottleneck_reference_is_the_packages_adapter():
+    from lora_teach.adapters import Adapter
+
+    torch.manual_seed(0)
+    adapter = Adapter(8, 3, zero_up=False, init_std=0.5).double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    weights = (adapter.down.weight, adapter.down.bias, adapter.up.weight, adapter.up.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(ex._bottleneck_reference(x, *weights), adapter(x))
+        torch.testing.assert_close(_bottleneck(x, *weights), adapter(x))
 
 
 def test_pfeiffer_answer_is_what_add_adapters_trains():

@@ -27,7 +27,7 @@ from .nb01_meet_the_base_model import AUTHORS_PER_SPLIT, _block_mistakes, _block
 from .nb02_full_fine_tuning import *  # noqa: F403
 from .nb02_full_fine_tuning import _memory_mistakes, _memory_reference, _small_models  # noqa: F401
 from .nb03_adapters import *  # noqa: F403
-from .nb03_adapters import PFEIFFER_CASE, _pfeiffer_reference  # noqa: F401
+from .nb03_adapters import PFEIFFER_CASE, _bottleneck_reference, _pfeiffer_reference  # noqa: F401
 from .nb04_prefix_tuning import *  # noqa: F403
 from .nb04_prefix_tuning import (  # noqa: F401
     PREFIX_TRAINING_CASE,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from .core import (
     _base_parameters,
     _first_match,
@@ -9,6 +12,59 @@ from .core import (
     check_function,
     check_number,
 )
+
+
+def _bottleneck_case(batch_shape, d, m, seed):
+    """Random x (..., d), W_down (m, d), b_down (m,), W_up (d, m), b_up (d,) in float64, from one seed."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    return rand(*batch_shape, d), rand(m, d), rand(m), rand(d, m), rand(d)
+
+
+def _bottleneck_reference(x, W_down, b_down, W_up, b_up):
+    """The package's Adapter with these weights: x + up(gelu(down(x)))."""
+    from ..adapters import Adapter
+
+    m, d = W_down.shape
+    with torch.random.fork_rng(devices=[]):  # the adapter's random init must not move the learner's random stream
+        adapter = Adapter(d, m).to(torch.float64)
+    with torch.no_grad():
+        adapter.down.weight.copy_(W_down), adapter.down.bias.copy_(b_down)
+        adapter.up.weight.copy_(W_up), adapter.up.bias.copy_(b_up)
+        return adapter(x)
+
+
+def _bottleneck_mistakes(case, got):
+    x, W_down, b_down, W_up, b_up = case
+    h = x @ W_down.T + b_down  # (..., m)
+    return _first_match(got, [
+        (F.gelu(h) @ W_up.T + b_up, "the skip connection is missing: add the input x to the branch's output."),
+        (x + torch.relu(h) @ W_up.T + b_up, "the course's adapter uses GELU (F.gelu), the model's own non-linearity, "
+                                            "not ReLU."),
+        (x + h @ W_up.T + b_up, "the non-linearity is missing: apply F.gelu between the two projections."),
+        (x + F.gelu(x @ W_down.T) @ W_up.T, "the biases are missing: b_down after the down-projection, b_up after "
+                                            "the up-projection."),
+        (x + F.gelu(x @ W_down.T) @ W_up.T + b_up, "b_down is missing: it is added before the GELU."),
+        (x + F.gelu(h) @ W_up.T, "b_up is missing: it is added after the up-projection."),
+        (x + F.gelu(h @ W_up.T + b_up), "the GELU goes between the projections (on the m bottleneck features), not "
+                                        "after the up-projection."),
+    ])
+
+
+def check_bottleneck_adapter(fn) -> bool:
+    """Adapters: bottleneck_adapter(x, W_down, b_down, W_up, b_up) = x + W_up gelu(W_down x + b_down) + b_up,
+    compared with lora_teach.adapters.Adapter on random inputs of several sizes."""
+    cases = [_bottleneck_case((2, 5), 8, 3, 0), _bottleneck_case((4,), 6, 2, 1), _bottleneck_case((1, 3, 7), 7, 4, 2)]
+    return check_function(
+        fn, name="bottleneck_adapter", arg_names=["x", "W_down", "b_down", "W_up", "b_up"], cases=cases,
+        reference=_bottleneck_reference, diagnose=_bottleneck_mistakes,
+        hint="h = F.gelu(x @ W_down.T + b_down) has m features; return x + h @ W_up.T + b_up. W_down is (m, d), "
+             "W_up is (d, m).",
+        explanation="x + W_up·GELU(W_down x + b_down) + b_up, the same function as lora_teach.adapters.Adapter on "
+                    "every random case, with any leading batch shape.")
 
 
 def check_adapter_parameter_count(fn) -> bool:
