@@ -1,15 +1,21 @@
-"""Measure all six methods on the same base, tasks, step budget and seeds; write CSV files and figures.
+"""Report every method at the learning rate chosen on validation, on the test split, over three seeds.
 
-    python benchmarks/compare_methods.py            # full: 3 tasks x 6 methods x 3 seeds, 150 steps each
-    python benchmarks/compare_methods.py --quick    # reduced: author task, 20 steps, one seed (as in the tests)
-    python benchmarks/compare_methods.py --timing-only    # only the two timing files below (a few minutes)
+    python benchmarks/compare_methods.py            # full: 3 tasks x 7 methods x 3 seeds at the grid's chosen rates
+    python benchmarks/compare_methods.py --quick    # reduced: author task, the six methods, 20 steps, one seed
+    python benchmarks/compare_methods.py --timing-only    # only the two timing files below (about a minute)
+
+The rates come from `lora_teach/results/lr_grid.csv` (`python scripts/lr_grid.py`), chosen on validation by
+`lora_teach.compare.choose_rates`. A run the grid already made (same method, task, rate, seed and budget) is
+the same computation, so its row is reused rather than trained again: the full comparison trains only the third
+seed. It appends nothing to a run it finds finished in --out, so an interrupted run resumes. Running time of the
+full comparison: 21 runs, about 4 minutes of CPU on two quiet cores after the grid.
 
 Writes, under --out (default lora_teach/results/, shipped with the package so notebook 10 reads it anywhere):
-    comparison_runs.csv       one row per (method, task, seed)
+    comparison_runs.csv       one row per (method, task, seed); `quality` and `austen_loss` are test figures
     comparison_summary.csv    mean and standard deviation over seeds
-    inference_latency.csv     forward latency of each method as served, and its ratio to the base
-    training_step_times.csv   training-step time of each method, all methods timed in alternating rounds
-    small_data_curves.csv     full fine-tuning and LoRA on 8 passages per author: train vs validation
+    inference_latency.csv     (--timing-only, and --quick) forward latency of each method as served
+    training_step_times.csv   (--timing-only, and --quick) training-step time of each method, taking turns
+    small_data_curves.csv     (--small-data) full fine-tuning and LoRA on 8 passages per author
 """
 
 from __future__ import annotations
@@ -28,17 +34,23 @@ import torch  # noqa: E402
 
 from lora_teach import load_base_model  # noqa: E402
 from lora_teach.compare import (  # noqa: E402
+    GRID_METHODS,
+    METHODS,
     QUICK,
+    RESULTS,
     Budget,
+    chosen_rates,
     inference_latency,
+    read_csv,
     run_comparison,
+    run_key,
     small_data_curves,
     summarise,
     training_step_times,
 )
 from lora_teach.plotting import method_style, use_course_style  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "lora_teach" / "results"  # package data: Colab has it too
+OUT = RESULTS  # package data: Colab has it too
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -82,12 +94,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced configuration")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--grid", type=Path, default=RESULTS / "lr_grid.csv", help="the learning-rate grid to choose from")
     ap.add_argument("--timing-only", action="store_true",
                     help="measure and write only inference_latency.csv and training_step_times.csv")
+    ap.add_argument("--small-data", action="store_true", help="also write small_data_curves.csv (full run only)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--figure", type=Path, help="also save a figure of quality against parameters and memory")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {args.threads}")
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    budget = QUICK if args.quick else Budget()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = load_base_model(device)
     t0 = time.perf_counter()
@@ -95,18 +113,32 @@ def main(argv=None) -> None:
         write_timings(args.out, base)
         print(f"wrote the timings into {args.out} in {time.perf_counter() - t0:.0f} s")
         return
+    rates = chosen_rates(args.grid)
+    budget, methods = (QUICK, METHODS) if args.quick else (Budget(), GRID_METHODS)
+    done = {}
+    if not args.quick:
+        done = {run_key(r): r for r in read_csv(args.grid)}  # the grid's runs: the first seeds, already trained
+        previous = args.out / "comparison_runs.csv"
+        if previous.exists() and "lr" in read_csv(previous)[0]:
+            done.update({run_key(r): r for r in read_csv(previous)})  # an interrupted comparison
+    rows: list[dict] = []
 
     def log(row):
-        print(f"[{time.perf_counter() - t0:6.0f} s] {row['task']:11s} {row['method']:9s} seed {row['seed']} "
-              f"quality {row['quality']:.3f} step {row['step_ms']:.0f} ms", file=sys.stderr, flush=True)
+        rows.append(row)
+        if not args.quick:
+            write_csv(args.out / "comparison_runs.csv", rows)  # after every run: a restart resumes here
+        print(f"[{time.perf_counter() - t0:6.0f} s] {row['task']:11s} {row['method']:9s} lr {float(row['lr']):g} "
+              f"seed {row['seed']} test {row['quality']:.3f}", file=sys.stderr, flush=True)
 
-    rows = run_comparison(base, budget, log=log)
-    summary = summarise(rows)
+    run_comparison(base, budget, methods=methods, rates=rates, log=log, done=done, time_step=args.quick)
     write_csv(args.out / "comparison_runs.csv", rows)
+    summary = summarise(rows)
     write_csv(args.out / "comparison_summary.csv", summary)
-    write_timings(args.out, base, tasks=tuple(budget.steps), repeats=3 if args.quick else 40)
-    if not args.quick:
-        write_csv(args.out / "small_data_curves.csv", small_data_curves(base, seeds=budget.seeds))
+    if args.quick:
+        write_timings(args.out, base, tasks=tuple(budget.steps), repeats=3)
+    if args.small_data:
+        write_csv(args.out / "small_data_curves.csv",
+                  small_data_curves(base, {m: rates[(m, "author")] for m in ("full", "lora")}, seeds=budget.seeds))
     if args.figure:
         plot(summary, args.figure)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")

@@ -1,7 +1,9 @@
-"""The shipped corpora, their deterministic train/validation splits, and the course's tasks.
+"""The shipped corpora, their deterministic train/validation/test splits, and the course's tasks.
 
 Every task offers the same two verbs, so one training loop serves every method:
 `task.train_batch(batch_size, generator)` -> (x, y, loss_mask) and `task.evaluate(model)` -> metrics.
+Validation is for choosing (a learning rate, a step count), test for reporting: `task.evaluate(model,
+split="test")`. Every split is deterministic, and test shares no character with validation.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 class LanguageModelingTask:
-    """Next-character prediction on a corpus; the metric is validation loss (nats per character)."""
+    """Next-character prediction on a corpus; the metric is the loss (nats per character) on held-out windows.
+
+    Both held-out splits come from the validation text of `split_corpus` (for Austen: the chunks pretraining
+    never saw): `eval_windows` evenly spaced validation windows, and a test window halfway between each pair
+    of neighbouring validation windows, so test and validation share no character."""
 
     def __init__(self, corpus: str, block_size: int = 128, eval_windows: int = 64):
         tok = CharTokenizer()
@@ -64,6 +70,11 @@ class LanguageModelingTask:
         # fixed, evenly spaced validation windows: the same numbers every run
         last = len(self.val_ids) - block_size - 1
         self.eval_starts = torch.linspace(0, last, eval_windows).long()
+        # test windows: halfway between neighbouring validation windows (eval_windows - 1 of them)
+        if eval_windows < 2 or last / (eval_windows - 1) < 2 * (block_size + 1):
+            raise ValueError(f"{eval_windows} validation windows of {block_size + 1} characters leave no room for "
+                             f"test windows between them in {len(self.val_ids)} characters of held-out {corpus}")
+        self.test_starts = (self.eval_starts[:-1] + self.eval_starts[1:]) // 2
 
     def _windows(self, ids: torch.Tensor, starts: torch.Tensor):
         offsets = torch.arange(self.block_size)
@@ -78,18 +89,21 @@ class LanguageModelingTask:
         return x, y, torch.ones_like(x, dtype=torch.bool)
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, batch_size: int = 32) -> dict:
-        """Mean validation loss over the fixed windows, and its perplexity."""
+    def evaluate(self, model: torch.nn.Module, batch_size: int = 32, split: str = "val") -> dict:
+        """Mean loss over the fixed 'val' (default) or 'test' windows, and its perplexity."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        starts = self.eval_starts if split == "val" else self.test_starts
         was_training = model.training
         model.eval()
         dev = _device_of(model)
         total = 0.0
-        for i in range(0, len(self.eval_starts), batch_size):
-            x, y = self._windows(self.val_ids, self.eval_starts[i:i + batch_size])
+        for i in range(0, len(starts), batch_size):
+            x, y = self._windows(self.val_ids, starts[i:i + batch_size])
             _, loss = model(x.to(dev), y.to(dev))
             total += loss.item() * len(x)
         model.train(was_training)
-        loss = total / len(self.eval_starts)
+        loss = total / len(starts)
         return {"loss": loss, "perplexity": float(torch.tensor(loss).exp())}
 
 
@@ -177,15 +191,28 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _passages(text: str, n: int, length: int, rng: random.Random) -> list[str]:
-    """`n` passages of exactly `length` characters, whitespace collapsed, starting at a word boundary."""
-    flat = _clean(text)
+def _passage_starts(flat: str, n: int, length: int, rng: random.Random,
+                    avoid: list[int] | None = None) -> list[int]:
+    """Starts of `n` passages of `length` characters in `flat`, each at a word boundary. A passage that would
+    share a character with one starting at a position in `avoid`, or with one drawn before it, is drawn again
+    (only when `avoid` is given: without it, draws are independent and may overlap)."""
+    taken = sorted(avoid or [])
     out = []
     while len(out) < n:
         start = rng.randrange(len(flat) - length - 50)
         start = flat.index(" ", start) + 1
-        out.append(flat[start:start + length])
+        if avoid is not None:
+            if any(abs(start - other) < length for other in taken):
+                continue
+            taken.append(start)
+        out.append(start)
     return out
+
+
+def _passages(text: str, n: int, length: int, rng: random.Random) -> list[str]:
+    """`n` passages of exactly `length` characters, whitespace collapsed, starting at a word boundary."""
+    flat = _clean(text)
+    return [flat[s:s + length] for s in _passage_starts(flat, n, length, rng)]
 
 
 AUTHORS = {"austen": "austen", "shakespeare": "shakespeare", "melville": "melville"}
@@ -194,15 +221,22 @@ AUTHORS = {"austen": "austen", "shakespeare": "shakespeare", "melville": "melvil
 @cache
 def author_task(n_train: int = 300, n_val: int = 100, n_test: int = 100, length: int = 64,
                 seed: int = 0) -> ClassificationTask:
-    """Who wrote this passage: Austen, Shakespeare or Melville? `n_*` examples per author and split."""
+    """Who wrote this passage: Austen, Shakespeare or Melville? `n_*` examples per author and split.
+
+    Train passages come from the training text, validation and test from the held-out text; a test passage
+    shares no character with any validation passage (nor with another test passage)."""
     rng = random.Random(seed)
     splits = {"train": [], "val": [], "test": []}
-    for corpus, label in AUTHORS.items():
+    for i, (corpus, label) in enumerate(AUTHORS.items()):
         train_text, val_text = split_corpus(corpus)
         splits["train"] += [Example(p, label) for p in _passages(train_text, n_train, length, rng)]
-        held = _passages(val_text, n_val + n_test, length, rng)
-        splits["val"] += [Example(p, label) for p in held[:n_val]]
-        splits["test"] += [Example(p, label) for p in held[n_val:]]
+        flat = _clean(val_text)
+        # n_val + n_test draws keep the generator where it always was, so train and validation never move
+        val_starts = _passage_starts(flat, n_val + n_test, length, rng)[:n_val]
+        test_rng = random.Random(1000 * seed + i + 1)  # test passages: their own generator, clear of validation
+        test_starts = _passage_starts(flat, n_test, length, test_rng, avoid=val_starts)
+        splits["val"] += [Example(flat[s:s + length], label) for s in val_starts]
+        splits["test"] += [Example(flat[s:s + length], label) for s in test_starts]
     for examples in splits.values():
         rng.shuffle(examples)
     return ClassificationTask("author", list(AUTHORS.values()), **splits)

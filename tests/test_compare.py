@@ -1,7 +1,34 @@
+import math
+
 import pytest
 import torch
 
-from lora_teach.compare import METHODS, build, for_inference, make_task, run_one, summarise, task_checkpoint
+from lora_teach.compare import (
+    ALL_LINEAR,
+    GRID_METHODS,
+    GRID_SEEDS,
+    LR_GRID,
+    PLACEMENTS,
+    REPORT_SEEDS,
+    TASKS,
+    DecisionOnly,
+    build,
+    build_placement,
+    choose_rates,
+    classification_metrics,
+    differs,
+    for_inference,
+    grid_runs,
+    last_hidden_states,
+    linear_probe,
+    make_task,
+    run_comparison,
+    run_key,
+    run_one,
+    summarise,
+    task_checkpoint,
+)
+from lora_teach.lora import lora_layers
 from lora_teach.measure import count_parameters
 from lora_teach.model import GPT, GPTConfig
 
@@ -12,7 +39,7 @@ def base():
     return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=128)).eval()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GRID_METHODS)
 def test_build_leaves_the_base_untouched(base, method):
     before = {k: v.clone() for k, v in base.state_dict().items()}
     flags = [p.requires_grad for p in base.parameters()]
@@ -24,7 +51,7 @@ def test_build_leaves_the_base_untouched(base, method):
     assert [p.requires_grad for p in base.parameters()] == flags
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", GRID_METHODS)
 def test_served_model_gives_the_trained_model_outputs(base, method):
     task = make_task("author")
     model = build(method, base, task)
@@ -42,7 +69,7 @@ def test_served_model_gives_the_trained_model_outputs(base, method):
 def test_per_task_checkpoints_are_smaller_than_the_model(base):
     task = make_task("author")
     full = sum(t.numel() for t in task_checkpoint("full", build("full", base, task)).values())
-    for method in METHODS[1:]:
+    for method in GRID_METHODS[1:]:
         stored = sum(t.numel() for t in task_checkpoint(method, build(method, base, task)).values())
         assert stored < full, method
 
@@ -55,11 +82,22 @@ def test_unknown_names_are_refused(base):
 
 
 def test_run_one_and_summary(base):
-    rows = [run_one("lora", "author", base, seed, steps=2, batch_size=4) for seed in (0, 1)]
-    assert {"quality", "trainable", "checkpoint_bytes", "step_ms", "activation_bytes"} <= set(rows[0])
-    summary = summarise(rows)
-    assert len(summary) == 1 and summary[0]["seeds"] == 2
-    assert summary[0]["quality"] == pytest.approx((rows[0]["quality"] + rows[1]["quality"]) / 2)
+    rows = [run_one("lora", "author", base, seed, steps=2, batch_size=4, lr=1e-3) for seed in (0, 1)]
+    assert {"quality_val", "quality_test", "label_loss_val", "label_loss_test", "trainable", "checkpoint_bytes",
+            "step_ms", "activation_bytes", "lr"} <= set(rows[0])
+    assert rows[0]["lr"] == 1e-3
+    summary = summarise([{**r, "quality": r["quality_test"]} for r in rows])
+    assert len(summary) == 1 and summary[0]["seeds"] == 2 and summary[0]["lr"] == 1e-3
+    assert summary[0]["quality"] == pytest.approx((rows[0]["quality_test"] + rows[1]["quality_test"]) / 2)
+
+
+def test_a_shakespeare_run_reports_forgetting_on_both_austen_splits(base):
+    from lora_teach.compare import austen_task
+
+    row = run_one("lora", "shakespeare", base, 0, steps=1, batch_size=2, lr=1e-3, austen=austen_task(),
+                  time_step=False)
+    assert {"austen_loss_val", "austen_loss_test", "quality_val", "quality_test"} <= set(row)
+    assert "step_ms" not in row and row["austen_loss_val"] != row["austen_loss_test"]
 
 
 def test_served_forward_runs_the_model_as_served_without_an_autograd_graph(base):
@@ -77,3 +115,125 @@ def test_served_forward_runs_the_model_as_served_without_an_autograd_graph(base)
         handle.remove()
     assert seen == [(True, False), (True, False)]
     assert not base.training
+
+
+# ------------------------------------------------------------------------------------------ the tuning protocol
+def test_the_grid_gives_every_method_four_rates_spanning_thirty_times():
+    assert set(LR_GRID) == set(GRID_METHODS)
+    for method, rates in LR_GRID.items():
+        assert len(rates) >= 4 and list(rates) == sorted(rates), method
+        assert max(rates) / min(rates) == pytest.approx(30), method
+    assert len(GRID_SEEDS) >= 2 and len(REPORT_SEEDS) == 3 and set(GRID_SEEDS) <= set(REPORT_SEEDS)
+    runs = grid_runs()
+    assert len(runs) == len(set(runs)) == len(GRID_METHODS) * len(TASKS) * 4 * len(GRID_SEEDS)
+
+
+def _grid_row(method, task, lr, seed, val, test, label_loss=1.0):
+    return {"method": method, "task": task, "lr": str(lr), "seed": str(seed), "quality_val": str(val),
+            "quality_test": str(test), "label_loss_val": str(label_loss)}
+
+
+def test_rates_are_chosen_on_validation_only():
+    rows = [_grid_row("lora", "author", 1e-3, s, 0.5, 0.9) for s in (1, 2)]
+    rows += [_grid_row("lora", "author", 1e-2, s, v, 0.1) for s, v in ((1, 0.6), (2, 0.5))]
+    rows += [_grid_row("full", "shakespeare", lr, 1, v, t) for lr, v, t in ((1e-4, 1.9, 1.0), (1e-3, 1.7, 2.0))]
+    rates = choose_rates(rows)
+    assert rates == {("lora", "author"): 1e-2, ("full", "shakespeare"): 1e-3}  # higher accuracy, lower loss
+    for row in rows:  # the test columns never matter
+        row["quality_test"] = "nan"
+    assert choose_rates(rows) == rates
+
+
+def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_label_loss():
+    rows = [_grid_row("prompt", "sentence", 1e-2, 1, 0.4, 0.0, 2.0),
+            _grid_row("prompt", "sentence", 3e-2, 1, 0.4, 0.0, 1.5)]
+    assert choose_rates(rows) == {("prompt", "sentence"): 3e-2}
+
+
+def test_differs_counts_a_gap_only_beyond_two_standard_errors():
+    a, b = [0.50, 0.52, 0.54], [0.55, 0.57, 0.59]  # gap 0.05; se = sqrt(2 * 0.0004 / 3) = 0.0163
+    assert differs(a, b)  # 0.05 > 2 * 0.0163
+    assert not differs(a, b, k=4.0)  # 0.05 < 4 * 0.0163
+    assert not differs([0.5, 0.6, 0.7], [0.55, 0.65, 0.75])  # the same gap, ten times the spread
+    with pytest.raises(ValueError, match="at least two seeds"):
+        differs([0.5], [0.6, 0.7])
+
+
+def test_run_comparison_reuses_a_finished_run_and_reports_test_figures(base):
+    rates = {("lora", "author"): 1e-3, ("full", "author"): 1e-4}
+    from lora_teach.compare import Budget
+
+    budget = Budget(steps={"author": 2}, batch_size=4, seeds=(0, 1))
+    fresh = run_one("lora", "author", base, 0, 2, 4, 1e-3)
+    stored = {**fresh, "quality_test": 0.123456}  # a marker: the row is taken as it is, not recomputed
+    rows = run_comparison(base, budget, methods=("lora",), rates=rates, done={run_key(stored): stored})
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert rows[0]["quality"] == 0.123456
+    assert rows[1]["quality"] == rows[1]["quality_test"]
+
+
+def test_lora_on_all_linear_layers_wraps_the_six_projections_of_every_block(base):
+    model = build("lora-all", base, make_task("author"))
+    layers = lora_layers(model)
+    assert {name.rsplit(".", 1)[-1] for name in layers} == set(ALL_LINEAR)
+    assert len(layers) == len(ALL_LINEAR) * base.config.n_layer
+    expected = sum(8 * (layer.in_features + layer.out_features) for layer in layers.values())
+    assert count_parameters(model)[0] == expected
+    assert expected > count_parameters(build("lora", base, make_task("author")))[0]
+
+
+def test_classification_metrics_equal_the_task_evaluation(base):
+    task = make_task("sentence")
+    model = build("prompt", base, task)
+    fast, slow = classification_metrics(task, model, "test"), task.evaluate(model, split="test")
+    assert fast["accuracy"] == pytest.approx(slow["accuracy"], abs=1e-6)
+    assert fast["label_loss"] == pytest.approx(slow["label_loss"], rel=1e-5)
+    assert 0 < fast["decision_loss"] and math.isfinite(fast["decision_loss"])
+    with pytest.raises(ValueError, match="'val' or 'test'"):
+        classification_metrics(task, model, "train")
+
+
+# ------------------------------------------------------------------------------- why soft prompts fail here
+def test_the_decision_loss_keeps_only_the_first_label_character():
+    task = make_task("author")
+    x, y, mask = DecisionOnly(task, "decision").train_batch(8, torch.Generator().manual_seed(0))
+    _, y_full, mask_full = DecisionOnly(task, "label").train_batch(8, torch.Generator().manual_seed(0))
+    assert torch.equal(y, y_full) and mask_full.sum() > mask.sum()
+    assert (mask.sum(dim=1) == 1).all() and mask[:, task.prompt_len - 1].all()
+    assert set(y[mask].tolist()) <= set(task.first_ids.tolist())
+    with pytest.raises(ValueError, match="unknown loss 'word'"):
+        DecisionOnly(task, "word")
+
+
+def test_virtual_tokens_in_front_of_the_passage_get_the_same_hidden_states_for_every_input(base):
+    """The causal mask: a position in front of the passage cannot read it, so what the prompt positions hold
+    (hence the keys and values they offer later positions, at every layer) is the same for any input. After
+    the passage, the virtual tokens read it and differ."""
+    task = make_task("author")
+    x = task.prompts(task.val[:2])
+    text_len = task.prompt_len - len(task.SEP)
+    seen = []
+    for placement, same in (("before", True), ("after", False)):
+        torch.manual_seed(0)
+        model = build_placement(placement, base, task).eval()
+        seen.clear()
+        handle = model.base_model.blocks[-1].register_forward_hook(lambda m, a, out: seen.append(out))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        hidden = seen[0]  # (2, 20 + T, d): the last block's output, virtual positions included
+        virtual = slice(0, 20) if placement == "before" else slice(text_len, text_len + 20)
+        assert torch.allclose(hidden[0, virtual], hidden[1, virtual], atol=1e-6) == same, placement
+    with pytest.raises(ValueError, match="unknown placement 'middle'"):
+        build_placement("middle", base, task)
+    assert PLACEMENTS == ("before", "after")
+
+
+def test_the_linear_probe_reads_the_frozen_models_last_hidden_state(base):
+    task = make_task("author")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    feats = last_hidden_states(base, task, task.val[:5])
+    assert feats.shape == (5, base.config.n_embd)
+    result = linear_probe(base, task, steps=20)
+    assert set(result) == {"train", "test"} and all(0.0 <= v <= 1.0 for v in result.values())
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())

@@ -1,6 +1,10 @@
+import hashlib
+
+import pytest
 import torch
 
-from lora_teach.data import LanguageModelingTask, author_task, sentence_task, split_corpus
+from lora_teach.data import LanguageModelingTask, _clean, author_task, sentence_task, split_corpus
+from lora_teach.tokenizer import CharTokenizer
 
 
 def test_splits_are_deterministic_and_disjoint():
@@ -63,3 +67,98 @@ def test_evaluate_on_a_model_that_knows_the_answer():
             return logits, None if targets is None else torch.tensor(0.0)
 
     assert task.evaluate(Oracle())["accuracy"] == 1.0
+
+
+# ------------------------------------------------------------------------- test splits: deterministic, disjoint
+
+def _digest(examples) -> str:
+    return hashlib.sha256("\n".join(f"{ex.label}|{ex.text}" for ex in examples).encode()).hexdigest()[:16]
+
+
+def test_the_train_and_validation_splits_other_notebooks_print_have_not_moved():
+    """Adding the test splits left every training and validation example where it was (digests of 2026-11-30)."""
+    assert _digest(author_task().train) == "e7980b1672c4ab02"
+    assert _digest(author_task().val) == "5cf3b64ced406ae2"
+    assert _digest(sentence_task().train) == "090992dc353c06ea"
+    assert _digest(sentence_task().val) == "20e7e513ac304cf4"
+
+
+@pytest.mark.parametrize("corpus", ["shakespeare", "austen", "melville"])
+@pytest.mark.parametrize("block_size", [96, 128])
+def test_lm_test_windows_are_deterministic_and_share_no_character_with_validation(corpus, block_size):
+    task = LanguageModelingTask(corpus, block_size=block_size)
+    again = LanguageModelingTask(corpus, block_size=block_size)
+    assert torch.equal(task.test_starts, again.test_starts) and torch.equal(task.eval_starts, again.eval_starts)
+    assert len(task.test_starts) == len(task.eval_starts) - 1
+    span = block_size + 1  # a window reads block_size inputs and one more target
+    val_chars = {int(s) + i for s in task.eval_starts for i in range(span)}
+    test_chars = {int(s) + i for s in task.test_starts for i in range(span)}
+    assert len(test_chars) == len(task.test_starts) * span  # test windows do not overlap each other either
+    assert not val_chars & test_chars
+    assert max(test_chars) < len(task.val_ids)
+
+
+def test_austen_test_windows_come_from_text_pretraining_never_saw():
+    """Pretraining read only split_corpus('austen')[0] (scripts/pretrain_base.py); the test windows lie in the
+    other part, and none of them occurs in the pretraining text."""
+    task = LanguageModelingTask("austen", block_size=96)
+    train, _ = split_corpus("austen")
+    tok = CharTokenizer()
+    for start in task.test_starts:
+        window = tok.decode(task.val_ids[int(start):int(start) + 97].tolist())
+        assert window not in train
+
+
+def test_lm_evaluate_reads_the_split_it_is_asked_for():
+    task = LanguageModelingTask("shakespeare", block_size=16, eval_windows=8)
+
+    class Mean(torch.nn.Module):  # loss = mean of the targets' ids: tells which windows were read
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, y):
+            return None, y.float().mean()
+
+    val, test = task.evaluate(Mean())["loss"], task.evaluate(Mean(), split="test")["loss"]
+    assert val != test
+    assert val == pytest.approx(torch.stack([task.val_ids[s + 1:s + 17].float().mean() for s in task.eval_starts])
+                                .mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="'val' or 'test'"):
+        task.evaluate(Mean(), split="validation")
+
+
+def test_a_corpus_too_short_for_test_windows_is_refused():
+    with pytest.raises(ValueError, match="no room for test windows"):
+        LanguageModelingTask("shakespeare", block_size=128, eval_windows=2000)
+
+
+def _intervals(task, split, corpus, label):
+    flat = _clean(split_corpus(corpus)[1])
+    starts = []
+    for ex in getattr(task, split):
+        if ex.label == label:
+            start = flat.find(ex.text)
+            assert start >= 0 and flat.find(ex.text, start + 1) == -1  # found once: its position is known
+            starts.append(start)
+    return starts
+
+
+@pytest.mark.parametrize("corpus", ["austen", "shakespeare", "melville"])
+def test_author_test_passages_share_no_character_with_validation_passages(corpus):
+    task = author_task()
+    val = _intervals(task, "val", corpus, corpus)
+    test = _intervals(task, "test", corpus, corpus)
+    length = len(task.test[0].text)
+    assert len(test) == 100 and len(val) == 100
+    assert all(abs(t - v) >= length for t in test for v in val)
+    assert all(abs(a - b) >= length for i, a in enumerate(test) for b in test[i + 1:])
+    assert author_task.__wrapped__().test == task.test  # deterministic
+
+
+def test_sentence_splits_are_disjoint():
+    task = sentence_task()
+    texts = {split: {ex.text for ex in getattr(task, split)} for split in ("train", "val", "test")}
+    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
+    assert not texts["val"] & texts["test"]
+    assert sentence_task.__wrapped__().test == task.test

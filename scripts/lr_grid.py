@@ -1,0 +1,126 @@
+"""The learning-rate grid: every method on every task at four rates and two seeds; resumable.
+
+    python scripts/lr_grid.py            # the whole grid: 7 methods x 3 tasks x 4 rates x 2 seeds = 168 runs
+    python scripts/lr_grid.py --quick    # reduced: prompt tuning, author task, 2 rates, 3 steps (as in the tests)
+    python scripts/lr_grid.py --shard 0/2 & python scripts/lr_grid.py --shard 1/2    # two processes, one file
+
+Each run trains for `compare.STEPS` steps of `compare.BATCH_SIZE` examples (`lora_teach.compare.run_one`) and
+records the task's metric on validation and on test (and, for Shakespeare, held-out Austen afterwards). Only
+the validation columns choose a rate (`compare.choose_rates`); `benchmarks/compare_methods.py` then reports the
+chosen rate's test figures over three seeds. Rows are appended to the CSV as runs finish, and a restart skips
+every run already in the file, so an interrupted grid resumes where it stopped.
+
+Running time: about 40 minutes of CPU on two quiet cores (one torch thread; 2026-11-30: 168 runs of 7 to 20 s,
+each with its evaluations), longer on a shared machine. Writes `lora_teach/results/lr_grid.csv` by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fcntl
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lora_teach import load_base_model
+from lora_teach.compare import (
+    GRID_METHODS,
+    GRID_SEEDS,
+    LR_GRID,
+    RESULTS,
+    STEPS,
+    TASKS,
+    austen_task,
+    grid_runs,
+    read_csv,
+    run_one,
+)
+
+FIELDS = ("method", "task", "lr", "seed", "steps", "batch_size", "trainable", "total", "trainable_pct",
+          "weights_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes", "checkpoint_bytes",
+          "quality_val", "label_loss_val", "austen_loss_val", "quality_test", "label_loss_test", "austen_loss_test",
+          "train_loss_end", "wall_s")
+
+
+def done_runs(path: Path, steps: int, batch_size: int) -> set[tuple[str, str, float, int]]:
+    """The (method, task, lr, seed) already in the CSV at this budget; refuses a file with other columns."""
+    if not path.exists():
+        return set()
+    with path.open(newline="") as f:
+        header = next(csv.reader(f), None)
+    if header is not None and tuple(header) != FIELDS:
+        raise ValueError(f"{path} has the columns {header}, not {list(FIELDS)}: move it away or use another --out")
+    return {(r["method"], r["task"], float(r["lr"]), int(r["seed"])) for r in read_csv(path)
+            if int(r["steps"]) == steps and int(r["batch_size"]) == batch_size}
+
+
+def append_row(path: Path, row: dict, fields=FIELDS) -> None:
+    """Append one run's row (writing the header first into a new file), formatted to 6 significant digits.
+    The file is locked while it is written, so several shards can share it."""
+    with path.open("a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="raise")
+            if f.tell() == 0:
+                writer.writeheader()
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n): this process runs every n-th run of the list, starting at run i (0 <= i < n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the reduced grid the tests run")
+    ap.add_argument("--out", type=Path, default=RESULTS / "lr_grid.csv")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: 1 for the full run, the machine being shared; torch's for --quick)")
+    ap.add_argument("--shard", default="0/1", help="i/n: run only every n-th run, from run i (parallel processes)")
+    args = ap.parse_args(argv)
+    shard, n_shards = parse_shard(args.shard)
+    threads = args.threads if args.threads is not None else (None if args.quick else 1)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {threads}")
+        torch.set_num_threads(threads)
+    if args.quick:
+        steps, batch_size = 3, 4
+        runs = grid_runs(("prompt",), ("author",), GRID_SEEDS, {m: LR_GRID[m][:2] for m in GRID_METHODS})
+    else:
+        steps, batch_size = STEPS, 16
+        runs = grid_runs(GRID_METHODS, TASKS, GRID_SEEDS)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    finished = done_runs(args.out, steps, batch_size)
+    todo = [r for r in runs[shard::n_shards] if (r[0], r[1], float(r[2]), r[3]) not in finished]
+    print(f"{len(runs)} runs in the grid, {len(todo)} of them still to run in shard {args.shard}",
+          file=sys.stderr, flush=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base = load_base_model(device)
+    austen = austen_task()
+    t0 = time.perf_counter()
+    bar = tqdm(todo, desc="lr grid", unit="run", file=sys.stderr)
+    for method, task, lr, seed in bar:
+        bar.set_postfix_str(f"{task} {method} lr={lr:g} seed={seed}")
+        row = run_one(method, task, base, seed, steps, batch_size, lr, austen if task == "shakespeare" else None,
+                      time_step=False)
+        append_row(args.out, row)
+    print(f"grid done: {len(todo)} runs in {(time.perf_counter() - t0) / 60:.1f} min; {args.out}", file=sys.stderr)
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Reduced runs of the learning-rate grid and the prompt-placement experiment: what they write, and that an
+interrupted run resumes instead of starting again. No timed assertions."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from repo_scripts import load_script
+
+from lora_teach.compare import GRID_SEEDS, LR_GRID, chosen_rates
+
+
+def _rows(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def quick_grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid") / "lr_grid.csv"
+    script = load_script("scripts/lr_grid.py")
+    script.main(["--quick", "--out", str(out), "--shard", "0/2"])
+    half = _rows(out)
+    script.main(["--quick", "--out", str(out), "--shard", "1/2"])
+    return script, out, half
+
+
+def test_the_quick_grid_writes_every_run_once_with_validation_and_test_columns(quick_grid):
+    script, out, half = quick_grid
+    rows = _rows(out)
+    assert tuple(rows[0]) == script.FIELDS
+    keys = [(r["method"], r["task"], float(r["lr"]), int(r["seed"])) for r in rows]
+    expected = {("prompt", "author", lr, s) for lr in LR_GRID["prompt"][:2] for s in GRID_SEEDS}
+    assert sorted(keys) == sorted(expected)  # two shards, each run exactly once
+    assert 0 < len(half) < len(rows)
+    for r in rows:
+        assert 0.0 <= float(r["quality_val"]) <= 1.0 and 0.0 <= float(r["quality_test"]) <= 1.0
+        assert int(r["steps"]) == 3 and int(r["trainable"]) > 0
+    assert set(chosen_rates(out)) == {("prompt", "author")}
+
+
+def test_a_restarted_grid_skips_the_finished_runs(quick_grid):
+    script, out, _ = quick_grid
+    before = out.read_text()
+    script.main(["--quick", "--out", str(out)])
+    assert out.read_text() == before
+
+
+def test_the_grid_refuses_a_file_with_other_columns_and_a_bad_shard(tmp_path):
+    script = load_script("scripts/lr_grid.py")
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="has the columns"):
+        script.main(["--quick", "--out", str(other)])
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        script.main(["--quick", "--out", str(tmp_path / "x.csv"), "--shard", "2/2"])
+    with pytest.raises(ValueError, match="must look like 0/2"):
+        script.main(["--quick", "--out", str(tmp_path / "x.csv"), "--shard", "half"])
+
+
+def test_the_quick_placement_run_trains_both_placements_at_the_grids_rate(quick_grid, tmp_path):
+    _, grid, _ = quick_grid
+    out = tmp_path / "prompt_placement.csv"
+    script = load_script("scripts/prompt_placement.py")
+    script.main(["--quick", "--grid", str(grid), "--out", str(out)])
+    rows = _rows(out)
+    assert tuple(rows[0]) == script.FIELDS
+    assert {(r["placement"], int(r["steps"])) for r in rows} == {(p, s) for p in ("before", "after") for s in (2, 4)}
+    rate = chosen_rates(grid)[("prompt", "author")]
+    assert all(float(r["lr"]) == rate and r["loss"] == "label" for r in rows)
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 and float(r["decision_loss"]) > 0 for r in rows)
+    before = out.read_text()
+    script.main(["--quick", "--grid", str(grid), "--out", str(out)])  # finished: nothing to add
+    assert out.read_text() == before
