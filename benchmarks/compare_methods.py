@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import sys
 import time
 from pathlib import Path
@@ -35,15 +36,21 @@ import torch  # noqa: E402
 from lora_teach import load_base_model  # noqa: E402
 from lora_teach.compare import (  # noqa: E402
     GRID_METHODS,
+    GRID_SEEDS,
+    LR_GRID,
     METHODS,
     QUICK,
     RESULTS,
+    RUN_FIELDS,
     Budget,
+    austen_task,
+    choose_rates,
     chosen_rates,
     inference_latency,
     read_csv,
     run_comparison,
     run_key,
+    run_one,
     small_data_curves,
     summarise,
     training_step_times,
@@ -51,6 +58,30 @@ from lora_teach.compare import (  # noqa: E402
 from lora_teach.plotting import method_style, use_course_style  # noqa: E402
 
 OUT = RESULTS  # package data: Colab has it too
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n), 0 <= i < n."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one run's row to a CSV that several processes may share (locked while written)."""
+    with path.open("a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
+            if f.tell() == 0:
+                writer.writeheader()
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -68,13 +99,49 @@ def write_timings(out: Path, base, tasks=("shakespeare", "author"), repeats: int
     write_csv(out / "training_step_times.csv", training_step_times(base, tasks=tasks, repeats=repeats))
 
 
+README_NAMES = {"base": "base (no training)", "full": "full", "adapters": "adapters", "prefix": "prefix",
+                "prompt": "prompt", "p-tuning": "P-tuning", "lora": "LoRA, q and v", "lora-all": "LoRA, all linear"}
+
+
+def base_rows(base) -> list[dict]:
+    """The untrained base on each task's test split, in the summary's columns (method 'base')."""
+    from lora_teach.compare import TASKS, austen_task, make_task, quality
+
+    rows = [{"method": "base", "task": t, "seeds": 1, "quality": quality(make_task(t), base, "test")["quality"],
+             "trainable": 0} for t in TASKS]
+    rows[0]["austen_loss"] = austen_task().evaluate(base, split="test")["loss"]
+    return rows
+
+
+def readme_table(summary: list[dict]) -> str:
+    """The README's comparison table: test figures, mean ± standard deviation over the seeds, at the chosen rates."""
+    by = {(r["method"], r["task"]): r for r in summary}
+
+    def cell(row, key):
+        value = float(row[key])
+        if row["method"] == "base":
+            return f"{value:.3f}"
+        return f"{value:.3f} ± {float(row[key + '_std']):.3f}"
+
+    lines = ["| method | trainable | learning rate (Shakespeare / author / sentence) | Shakespeare loss | "
+             "Austen loss after | author accuracy | sentence accuracy | stored per task |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for method in ("base",) + GRID_METHODS:
+        s, a, t = (by[(method, task)] for task in ("shakespeare", "author", "sentence"))
+        rates = "" if method == "base" else " / ".join(f"{float(r['lr']):g}" for r in (s, a, t))
+        stored = "" if method == "base" else f"{round(float(a['checkpoint_bytes']) / 1000):,} kB"
+        lines.append(f"| {README_NAMES[method]} | {int(float(a['trainable'])):,} | {rates} | {cell(s, 'quality')} | "
+                     f"{cell(s, 'austen_loss')} | {cell(a, 'quality')} | {cell(t, 'quality')} | {stored} |")
+    return "\n".join(lines)
+
+
 def plot(summary: list[dict], path: Path) -> None:
     use_course_style()
     tasks = list(dict.fromkeys(r["task"] for r in summary))
     fig, axes = plt.subplots(len(tasks), 2, figsize=(9, 3 * len(tasks)), squeeze=False)
     for row_axes, task in zip(axes, tasks, strict=True):
-        for r in (r for r in summary if r["task"] == task):
-            style = method_style(r["method"])
+        for r in (r for r in summary if r["task"] == task and r["method"] != "base"):
+            style = method_style("lora" if r["method"] == "lora-all" else r["method"])
             memory = (r["activation_bytes"] + r.get("trainable", 0) * 12) / 2**20
             for ax, x in zip(row_axes, (r["trainable"], memory), strict=True):
                 ax.errorbar(x, r["quality"], yerr=r.get("quality_std", 0), marker="o", color=style["color"],
@@ -100,6 +167,13 @@ def main(argv=None) -> None:
     ap.add_argument("--small-data", action="store_true", help="also write small_data_curves.csv (full run only)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--figure", type=Path, help="also save a figure of quality against parameters and memory")
+    ap.add_argument("--shard", default=None,
+                    help="i/n: only train every n-th missing run, from run i, appending rows to --cache; a final "
+                         "call without --shard writes the result files from the grid and the cache")
+    ap.add_argument("--ready-only", action="store_true",
+                    help="with --shard: train only the runs whose (method, task) the grid has finished")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="where sharded runs append their rows (default: comparison_new_runs.csv under --out)")
     args = ap.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -113,14 +187,38 @@ def main(argv=None) -> None:
         write_timings(args.out, base)
         print(f"wrote the timings into {args.out} in {time.perf_counter() - t0:.0f} s")
         return
-    rates = chosen_rates(args.grid)
     budget, methods = (QUICK, METHODS) if args.quick else (Budget(), GRID_METHODS)
+    if args.ready_only and not args.shard:
+        raise ValueError("--ready-only trains part of the comparison: use it with --shard")
+    if args.ready_only:  # rates only for the blocks the grid has finished; the others wait
+        grid_rows = read_csv(args.grid)
+        complete = {(m, t) for m in GRID_METHODS for t in budget.steps
+                    if sum((r["method"], r["task"]) == (m, t) for r in grid_rows) >= len(LR_GRID[m]) * len(GRID_SEEDS)}
+        rates = {k: v for k, v in choose_rates(grid_rows).items() if k in complete}
+    else:
+        rates = chosen_rates(args.grid)
     done = {}
     if not args.quick:
         done = {run_key(r): r for r in read_csv(args.grid)}  # the grid's runs: the first seeds, already trained
         previous = args.out / "comparison_runs.csv"
         if previous.exists() and "lr" in read_csv(previous)[0]:
             done.update({run_key(r): r for r in read_csv(previous)})  # an interrupted comparison
+    cache = args.cache or args.out / "comparison_new_runs.csv"
+    if not args.quick and cache.exists():
+        done.update({run_key(r): r for r in read_csv(cache)})
+    if args.shard:
+        shard, n_shards = parse_shard(args.shard)
+        keys = [(m, t, float(rates[(m, t)]), int(s), int(n)) for t, n in budget.steps.items() for m in methods
+                for s in budget.seeds if (m, t) in rates]
+        mine = [k for k in keys if k not in done][shard::n_shards]
+        austen = austen_task()
+        for m, t, lr, seed, steps in mine:
+            row = run_one(m, t, base, seed, steps, budget.batch_size, lr, austen if t == "shakespeare" else None,
+                          time_step=False)
+            append_row(cache, row)
+            print(f"[{time.perf_counter() - t0:6.0f} s] {t:11s} {m:9s} lr {lr:g} seed {seed} test "
+                  f"{row['quality_test']:.3f}", file=sys.stderr, flush=True)
+        return
     rows: list[dict] = []
 
     def log(row):
@@ -133,6 +231,9 @@ def main(argv=None) -> None:
     run_comparison(base, budget, methods=methods, rates=rates, log=log, done=done, time_step=args.quick)
     write_csv(args.out / "comparison_runs.csv", rows)
     summary = summarise(rows)
+    if not args.quick:
+        summary += base_rows(base)
+        print(readme_table(summary))
     write_csv(args.out / "comparison_summary.csv", summary)
     if args.quick:
         write_timings(args.out, base, tasks=tuple(budget.steps), repeats=3)

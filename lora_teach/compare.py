@@ -140,7 +140,8 @@ def classification_metrics(task: ClassificationTask, model: torch.nn.Module, spl
                            batch_size: int = 150) -> dict[str, float]:
     """`task.evaluate(model, split)` in one forward pass per batch instead of two: the logits that predict the
     label's first character (position prompt_len - 1 of the encoded sequence) give the prediction, and the
-    same pass gives the loss on the label word. Also the decision loss: the loss on that first character only."""
+    same pass gives the loss on the label word. Also the decision loss: the cross-entropy of the choice between
+    the labels' first characters at that position (chance: ln of the number of labels), what accuracy reads."""
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     examples = task.val if split == "val" else task.test
@@ -155,11 +156,12 @@ def classification_metrics(task: ClassificationTask, model: torch.nn.Module, spl
         logits, _ = model(x)  # (B, T, vocab)
         at = task.prompt_len - 1  # the position whose output predicts the label's first character
         gold = torch.tensor([task.labels.index(ex.label) for ex in chunk], device=dev)
-        correct += (logits[:, at, first_ids].argmax(dim=-1) == gold).sum().item()
+        scores = logits[:, at, first_ids]  # (B, n_labels)
+        correct += (scores.argmax(dim=-1) == gold).sum().item()
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
         label_loss += losses[mask].sum().item()
         label_chars += mask.sum().item()
-        decision_loss += losses[:, at].sum().item()
+        decision_loss += torch.nn.functional.cross_entropy(scores, gold, reduction="sum").item()
     model.train(was_training)
     n = len(examples)
     return {"accuracy": correct / n, "label_loss": label_loss / label_chars, "decision_loss": decision_loss / n}
@@ -200,6 +202,12 @@ class Budget:
 
 
 QUICK = Budget(steps={"author": 20}, seeds=(SEED,))
+
+
+RUN_FIELDS = ("method", "task", "lr", "seed", "steps", "batch_size", "trainable", "total", "trainable_pct",
+              "weights_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes", "checkpoint_bytes",
+              "quality_val", "label_loss_val", "austen_loss_val", "quality_test", "label_loss_test",
+              "austen_loss_test", "train_loss_end", "wall_s")  # the columns of a run's row (lr_grid.csv)
 
 
 def run_one(method: str, task_name: str, base: torch.nn.Module, seed: int, steps: int, batch_size: int,

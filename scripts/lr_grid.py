@@ -32,6 +32,7 @@ from lora_teach.compare import (
     GRID_SEEDS,
     LR_GRID,
     RESULTS,
+    RUN_FIELDS,
     STEPS,
     TASKS,
     austen_task,
@@ -40,10 +41,7 @@ from lora_teach.compare import (
     run_one,
 )
 
-FIELDS = ("method", "task", "lr", "seed", "steps", "batch_size", "trainable", "total", "trainable_pct",
-          "weights_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes", "checkpoint_bytes",
-          "quality_val", "label_loss_val", "austen_loss_val", "quality_test", "label_loss_test", "austen_loss_test",
-          "train_loss_end", "wall_s")
+FIELDS = RUN_FIELDS
 
 
 def done_runs(path: Path, steps: int, batch_size: int) -> set[tuple[str, str, float, int]]:
@@ -105,7 +103,9 @@ def main(argv=None) -> Path:
         runs = grid_runs(GRID_METHODS, TASKS, GRID_SEEDS)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     finished = done_runs(args.out, steps, batch_size)
-    todo = [r for r in runs[shard::n_shards] if (r[0], r[1], float(r[2]), r[3]) not in finished]
+    # prompt tuning on the classification tasks first: the placement experiment needs the rates they choose
+    runs.sort(key=lambda r: not (r[0] == "prompt" and r[1] != "shakespeare"))  # stable: otherwise in grid order
+    todo = [r for r in runs if (r[0], r[1], float(r[2]), r[3]) not in finished][shard::n_shards]
     print(f"{len(runs)} runs in the grid, {len(todo)} of them still to run in shard {args.shard}",
           file=sys.stderr, flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -2,6 +2,7 @@
 
     python scripts/prompt_placement.py           # 2 tasks x 2 placements x 2 losses x 3 seeds, 600 steps each
     python scripts/prompt_placement.py --quick   # author task, label loss, one seed, 4 steps (as in the tests)
+    python scripts/prompt_placement.py --tasks author   # the author task only
 
 20 free virtual tokens (vocabulary init, no encoder), trained on the frozen base at the rate the grid chose
 for prompt tuning on that task (`lora_teach/results/lr_grid.csv`, validation only), batch 16:
@@ -63,6 +64,8 @@ def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced run the tests use")
     ap.add_argument("--out", type=Path, default=RESULTS / "prompt_placement.csv")
+    ap.add_argument("--tasks", nargs="+", default=["author", "sentence"], choices=["author", "sentence"],
+                    help="which classification tasks (default both; the author task runs first)")
     ap.add_argument("--grid", type=Path, default=RESULTS / "lr_grid.csv", help="where the chosen rates come from")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 for the full run, the machine being shared; torch's for --quick)")
@@ -77,7 +80,7 @@ def main(argv=None) -> Path:
     if args.quick:
         tasks, losses, seeds, steps, eval_every, batch_size = ("author",), ("label",), REPORT_SEEDS[:1], 4, 2, 4
     else:
-        tasks, losses, seeds, steps, eval_every, batch_size = ("author", "sentence"), LOSSES, REPORT_SEEDS, \
+        tasks, losses, seeds, steps, eval_every, batch_size = tuple(args.tasks), LOSSES, REPORT_SEEDS, \
             4 * STEPS, STEPS, BATCH_SIZE
     for task_name in tasks:  # the rate must be chosen from the finished grid of prompt tuning on that task
         found = {(float(r["lr"]), int(r["seed"])) for r in grid if (r["method"], r["task"]) == ("prompt", task_name)}
