@@ -34,7 +34,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
-from .measure import OPTIMIZER_STATES
+from .memory import (  # noqa: F401  (re-exported for notebooks that import them from here)
+    ACTIVATION_ASSUMPTIONS,
+    BASE_BITS,
+    METHODS,
+    MODEL_SIZES,
+    PRECISIONS,
+    TARGET_SETS,
+    ModelSize,
+    activation_estimate,
+    format_bytes,
+    gpt_parameters,
+    llama_parameters,
+    lora_paper_gpt3,
+    lora_parameters,
+    memory_estimate,
+    qlora_paper_65b,
+)
 from .plotting import method_style
 
 DPI = 72  # PNG resolution: small files and fast redraws (a figure renders in about 0.1 s)
@@ -766,141 +782,27 @@ def _running_mean(values: list[float], k: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- memory and parameters
-@dataclass(frozen=True)
-class ModelSize:
-    """What the calculator needs of a model: its parameter count and the (in, out) shape of each linear layer."""
-
-    name: str
-    n_params: int
-    n_layer: int
-    linears: dict  # module name -> (in_features, out_features), per block
-    note: str = ""
-
-
-def gpt_parameters(n_layer: int, d: int, vocab: int, context: int, tied: bool = True) -> int:
-    """Parameters of a GPT-2-style model: per block 12 d^2 weights + 13 d biases and norms; embeddings."""
-    per_block = 12 * d * d + 13 * d  # q,k,v,o (4 d^2) and MLP d -> 4d -> d (8 d^2); biases 9d; two norms 4d
-    head = 0 if tied else vocab * d
-    return n_layer * per_block + vocab * d + context * d + 2 * d + head
-
-
-def llama_parameters(n_layer: int, d: int, d_ff: int, vocab: int, d_kv: int | None = None) -> int:
-    """Parameters of a LLaMA-style model (no biases, gated MLP, untied head, RMSNorm; d_kv < d for GQA)."""
-    d_kv = d if d_kv is None else d_kv
-    per_block = 2 * d * d + 2 * d * d_kv + 3 * d * d_ff + 2 * d
-    return n_layer * per_block + 2 * vocab * d + d
-
-
-def _gpt_linears(d: int) -> dict:
-    return {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "o_proj": (d, d),
-            "up_proj": (d, 4 * d), "down_proj": (4 * d, d)}
-
-
-def _llama_linears(d: int, d_ff: int, d_kv: int) -> dict:
-    return {"q_proj": (d, d), "k_proj": (d, d_kv), "v_proj": (d, d_kv), "o_proj": (d, d),
-            "gate_proj": (d, d_ff), "up_proj": (d, d_ff), "down_proj": (d_ff, d)}
-
-
-MODEL_SIZES = {
-    "tiny": ModelSize("this course's tiny GPT", gpt_parameters(4, 128, 97, 128, tied=False), 4, _gpt_linears(128),
-                      "4 blocks, d = 128, untied head"),
-    "gpt2": ModelSize("GPT-2 small (124 M)", gpt_parameters(12, 768, 50257, 1024), 12, _gpt_linears(768),
-                      "12 blocks, d = 768"),
-    "7b": ModelSize("LLaMA-2 7B", llama_parameters(32, 4096, 11008, 32000), 32, _llama_linears(4096, 11008, 4096),
-                    "32 blocks, d = 4096"),
-    "70b": ModelSize("LLaMA-2 70B", llama_parameters(80, 8192, 28672, 32000, d_kv=1024), 80,
-                     _llama_linears(8192, 28672, 1024), "80 blocks, d = 8192, grouped-query attention"),
-    "gpt3-175b": ModelSize("GPT-3 175B", gpt_parameters(96, 12288, 50257, 2048), 96, _gpt_linears(12288),
-                           "96 blocks, d = 12288"),
-}
-TARGET_SETS = {
-    "q,v": ("q_proj", "v_proj"),
-    "q,k,v,o": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "all linear": None,  # every linear layer of a block
-}
-PRECISION_BYTES = {"fp32": 4, "fp16": 2}  # bf16 takes 2 bytes too
-METHODS = ("full", "lora")
-
-
-def lora_parameters(model: ModelSize, r: int, targets=("q_proj", "v_proj")) -> int:
-    """Trainable parameters of LoRA: r (in + out) for every targeted linear layer of every block."""
-    return model.n_layer * sum(r * (i + o) for i, o in (model.linears[t] for t in targets))
-
-
-def _resolve_model(model) -> ModelSize:
-    if isinstance(model, ModelSize):
-        return model
-    if model not in MODEL_SIZES:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_SIZES)} or pass a ModelSize")
-    return MODEL_SIZES[model]
-
-
-def _resolve_targets(model: ModelSize, targets) -> tuple[str, ...]:
-    if isinstance(targets, str):
-        if targets not in TARGET_SETS:
-            raise ValueError(f"unknown target set {targets!r}; choose one of {list(TARGET_SETS)} or name modules")
-        targets = TARGET_SETS[targets] or tuple(model.linears)
-    targets = tuple(targets)
-    unknown = [t for t in targets if t not in model.linears]
-    if not targets or unknown:
-        raise ValueError(f"target modules {unknown or targets} are not linear layers of {model.name}; "
-                         f"choose from {list(model.linears)}")
-    return targets
-
-
-def memory_estimate(model="gpt3-175b", method: str = "lora", r: int = 4, targets="q,v", precision: str = "fp16",
-                    optimizer: str = "adamw") -> dict:
-    """Training memory (weights, gradients, optimizer state; no activations) and checkpoint bytes.
-
-    Weights: every parameter (frozen base + LoRA's A and B). Gradients and optimizer state (Adam: two moments):
-    trainable parameters only. Everything is stored in `precision`. Checkpoint: the whole model for full
-    fine-tuning, only A and B (the adapter file) for LoRA."""
-    model = _resolve_model(model)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if precision not in PRECISION_BYTES:
-        raise ValueError(f"precision must be one of {sorted(PRECISION_BYTES)}, got {precision!r}")
-    if optimizer not in OPTIMIZER_STATES:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
-    if method == "lora":
-        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-            raise ValueError(f"r (the rank) must be a positive int, got {r!r}")
-        targets = _resolve_targets(model, targets)
-        trainable = lora_parameters(model, r, targets)
-        total = model.n_params + trainable
-    else:
-        targets, trainable, total = (), model.n_params, model.n_params
-    b = PRECISION_BYTES[precision]
-    weights, gradients = total * b, trainable * b
-    states = OPTIMIZER_STATES[optimizer] * trainable * b
-    return {"model": model.name, "method": method, "r": r if method == "lora" else None, "targets": targets,
-            "precision": precision, "trainable": trainable, "total_parameters": total,
-            "weights": weights, "gradients": gradients, "optimizer": states, "total": weights + gradients + states,
-            "checkpoint": trainable * b}
-
-
-def format_bytes(n: float) -> str:
-    """Bytes in decimal units, as the LoRA paper writes them: 350 GB, 35 MB, 1.2 TB."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
+# The arithmetic lives in lora_teach.memory; the calculator only displays it (names kept here for old imports).
 
 
 class MemoryCalculator(FigureWidget):
-    """Choose a model size, a method, a rank, the LoRA targets and a precision: see trainable parameters,
-    training memory (weights, gradients, optimizer state) and the checkpoint size, against full fine-tuning."""
+    """Choose a model size, a method, a rank, the LoRA targets, a precision mode and the frozen base's bit width:
+    see trainable parameters, training memory (weights, gradients, optimizer state), activations on a separate
+    line, and the checkpoint size, against full fine-tuning. The arithmetic is lora_teach.memory's."""
 
     kind = "memory-calculator"
     RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    BASE_OPTIONS = (("mode's", "mode"), ("16 bit", 16), ("8 bit", 8), ("4 bit (NF4)", 4))
 
     def __init__(self, model: str = "gpt3-175b", method: str = "lora", r: int = 4, targets: str = "q,v",
-                 precision: str = "fp16"):
-        memory_estimate(model, method, r, targets, precision)  # every check happens before anything is built
+                 precision: str = "fp16", base_bits: int | None = None):
+        memory_estimate(model, method, r, targets, precision, base_bits=base_bits)  # checks before anything is built
         if r not in self.RANKS:
             raise ValueError(f"r must be one of {self.RANKS} in the calculator, got {r!r}")
         if not isinstance(targets, str):
             raise ValueError(f"targets must be one of {list(TARGET_SETS)} in the calculator, got {targets!r}")
+        if base_bits is not None and base_bits not in (16, 8, 4):
+            raise ValueError(f"base_bits must be None, 16, 8 or 4 in the calculator, got {base_bits!r}")
         self.model = widgets.Dropdown(options=[(m.name, key) for key, m in MODEL_SIZES.items()], value=model,
                                       description="model")
         self.method = widgets.ToggleButtons(options=[("full fine-tuning", "full"), ("LoRA", "lora")], value=method,
@@ -909,17 +811,21 @@ class MemoryCalculator(FigureWidget):
                                          style=_slider_style())
         self.targets = widgets.Dropdown(options=list(TARGET_SETS), value=targets, description="LoRA on",
                                         layout=widgets.Layout(width="190px"))
-        self.precision = widgets.ToggleButtons(options=list(PRECISION_BYTES), value=precision,
-                                               description="precision", style={"button_width": "60px"})
+        self.precision = widgets.Dropdown(options=list(PRECISIONS), value=precision, description="precision",
+                                          layout=widgets.Layout(width="220px"))
+        self.base_bits = widgets.ToggleButtons(options=list(self.BASE_OPTIONS),
+                                               value="mode" if base_bits is None else base_bits,
+                                               description="frozen base", style={"button_width": "80px"})
         self.table = widgets.HTML()
-        super().__init__([[self.model, self.precision], [self.method], [self.r, self.targets]], figsize=(10, 3.2))
+        super().__init__([[self.model, self.precision], [self.method, self.base_bits], [self.r, self.targets]],
+                         figsize=(10, 3.2))
         self.ui.children = (*self.ui.children[:-1], self.table, self.image)
         with _fixed_titles():
             self._build()
         self._draw_scales()
         self._draw()
         self.render()
-        for control in (self.model, self.method, self.r, self.targets, self.precision):
+        for control in (self.model, self.method, self.r, self.targets, self.precision, self.base_bits):
             control.observe(self._on_change, names="value")
 
     PARTS = (("weights", "#777777"), ("gradients", "#E69F00"), ("optimizer", "#D55E00"))
@@ -949,28 +855,37 @@ class MemoryCalculator(FigureWidget):
                      *self.mem_totals.values(), *self.ckpt_bars.values(), *self.ckpt_labels.values(),
                      *self.ckpt_totals.values(), self.ax_mem.title, self.ax_ckpt.title)
 
+    @property
+    def full_precision(self) -> str:
+        """The precision of the full fine-tuning row: the chosen one, or bf16-mixed beside QLoRA."""
+        return "bf16-mixed" if self.precision.value == "qlora" else self.precision.value
+
     def _draw_scales(self) -> None:
         """Axis limits and units, which depend on the model and the precision only (a full redraw)."""
-        m, p = self.model.value, self.precision.value
-        full = memory_estimate(m, "full", precision=p)
-        smallest = memory_estimate(m, "lora", self.RANKS[0], "q,v", p)["checkpoint"]
+        m = self.model.value
+        full = memory_estimate(m, "full", precision=self.full_precision)
+        smallest = memory_estimate(m, "lora", self.RANKS[0], "q,v", "bf16")["checkpoint"]
         self._scale, unit = _unit(full["total"])
         self.ax_mem.set_xlim(0, full["total"] / self._scale * 1.3)
         self.ax_mem.set_xlabel(f"training memory ({unit}), activations not included")
-        self.ax_ckpt.set_xlim(smallest / 3, full["checkpoint"] * 300)
+        self.ax_ckpt.set_xlim(smallest / 3, 4 * full["checkpoint"] * 300)
 
     def estimates(self) -> tuple[dict, dict]:
         """(full fine-tuning, the chosen method) for the current model and precision."""
-        m, p = self.model.value, self.precision.value
-        return (memory_estimate(m, "full", precision=p),
-                memory_estimate(m, self.method.value, self.r.value, self.targets.value, p))
+        m, bits = self.model.value, self.base_bits.value
+        full = memory_estimate(m, "full", precision=self.full_precision)
+        if self.method.value == "full":
+            return full, full
+        return full, memory_estimate(m, "lora", self.r.value, self.targets.value, self.precision.value,
+                                     base_bits=None if bits == "mode" else bits)
 
     def _draw(self) -> None:
         full, chosen = self.estimates()
         lora = chosen["method"] == "lora"
-        self.r.disabled = self.targets.disabled = not lora
+        self.r.disabled = self.targets.disabled = self.base_bits.disabled = not lora
         rows = {"full": full, "lora": chosen}
-        names = {"full": "full fine-tuning", "lora": f"LoRA, r={self.r.value} on {self.targets.value}"}
+        names = {"full": f"full fine-tuning ({full['precision']})",
+                 "lora": f"LoRA, r={self.r.value} on {self.targets.value}, base {chosen['base_bits'] or 0:.3g} bit"}
         for row, est in rows.items():
             visible = row == "full" or lora
             left = 0.0
@@ -995,7 +910,8 @@ class MemoryCalculator(FigureWidget):
         self.ax_mem.set_title(f"{full['model']}, {self.precision.value}, Adam", fontsize=10)
         ratio = full["checkpoint"] / chosen["checkpoint"]
         self.ax_ckpt.set_title(f"adapter: {ratio:,.0f}x smaller" if lora else "checkpoint", fontsize=10)
-        self.table.value = _table_html(full, chosen) + (_paper_note() if self.model.value == "gpt3-175b" else "")
+        self.table.value = (_table_html(full, chosen, self.model.value) + _precision_note(self.precision.value)
+                            + _paper_note(self.model.value))
 
     def _on_change(self, change) -> None:
         scales = change["owner"] in (self.model, self.precision)
@@ -1017,28 +933,48 @@ def _unit(n: float) -> tuple[float, str]:
     return 1.0, "B"
 
 
-def _paper_note() -> str:
-    """The LoRA paper's GPT-3 figures beside this calculator's arithmetic for the same case (fp16, r=4 on q, v)."""
-    full = memory_estimate("gpt3-175b", "full", precision="fp16")
-    lora = memory_estimate("gpt3-175b", "lora", 4, "q,v", "fp16")
-    return ("<p style='font-size:90%'>The LoRA paper (Hu et al., 2021) reports for GPT-3 175B with Adam: training "
-            "memory 1.2 TB &rarr; 350 GB, checkpoint 350 GB &rarr; 35 MB (r = 4 on W<sub>q</sub>, W<sub>v</sub>). "
-            f"Here, in fp16: {format_bytes(lora['total'])} and {format_bytes(lora['checkpoint'])}; the paper's "
-            f"1.2 TB lies between weights + Adam's two moments ({format_bytes(full['weights'] + full['optimizer'])}; "
-            "the paper names optimizer state as the saving) and weights + gradients + moments "
-            f"({format_bytes(full['total'])}).</p>")
+def _precision_note(precision: str) -> str:
+    """What the chosen mode counts, stated on screen."""
+    return f"<p style='font-size:90%'><b>{precision}</b>: {PRECISIONS[precision].description}.</p>"
 
 
-def _table_html(full: dict, chosen: dict) -> str:
+def _paper_note(model_key: str) -> str:
+    """The LoRA paper's GPT-3 figures or QLoRA's 65B figure beside this calculator's arithmetic."""
+    if model_key == "gpt3-175b":
+        p = lora_paper_gpt3()
+        return ("<p style='font-size:90%'>The LoRA paper (Hu et al., 2021) reports for GPT-3 175B with Adam: training "
+                "memory 1.2 TB &rarr; 350 GB, checkpoint 350 GB &rarr; 35 MB (r = 4 on W<sub>q</sub>, W<sub>v</sub>). "
+                f"In pure fp16: LoRA {format_bytes(p['lora_total'])} and {format_bytes(p['lora_checkpoint'])}; full "
+                f"fine-tuning {format_bytes(p['full_weights_and_moments'])} for weights and Adam's moments, "
+                f"{format_bytes(p['full_total'])} with gradients: the paper's 1.2 TB lies between. Mixed precision "
+                f"as ZeRO counts it (16 bytes a parameter) would need {format_bytes(p['full_mixed_precision'])}.</p>")
+    if model_key == "65b":
+        p = qlora_paper_65b()
+        return ("<p style='font-size:90%'>QLoRA (Dettmers et al., 2023) fine-tunes LLaMA 65B on one 48 GB GPU, "
+                "against more than 780 GB for 16-bit full fine-tuning. Precision 'qlora', r = 64 on all linear "
+                f"layers: {format_bytes(p['qlora_total'])}, plus {format_bytes(p['activations_checkpointed'])} of "
+                "activations for one sequence of 512 tokens with gradient checkpointing. Full fine-tuning with 16-bit "
+                f"weights and gradients and 32-bit Adam moments (12 bytes a parameter): "
+                f"{format_bytes(p['full_16bit_12_bytes'])}.</p>")
+    return ""
+
+
+def _table_html(full: dict, chosen: dict, model_key: str) -> str:
     cols = [("full fine-tuning", full)] + ([("LoRA", chosen)] if chosen["method"] == "lora" else [])
     head = "".join(f"<th style='text-align:right;padding:0 12px'>{name}</th>" for name, _ in cols)
     share = lambda e: f"{e['trainable']:,} ({100 * e['trainable'] / e['total_parameters']:.3g}%)"
+    size = MODEL_SIZES[model_key]
+    act = activation_estimate(size, 1, size.context)
+    act_ckpt = activation_estimate(size, 1, size.context, checkpointing=True)
     rows = [("trainable parameters", share),
             ("weights", lambda e: format_bytes(e["weights"])),
             ("gradients", lambda e: format_bytes(e["gradients"])),
-            ("optimizer state (Adam)", lambda e: format_bytes(e["optimizer"])),
+            ("optimizer state (Adam; master weights)", lambda e: format_bytes(e["optimizer"])),
             ("training memory", lambda e: format_bytes(e["total"])),
-            ("checkpoint file", lambda e: format_bytes(e["checkpoint"]))]
+            ("checkpoint file", lambda e: format_bytes(e["checkpoint"])),
+            (f"activations, 1 &times; {size.context} tokens (separate; checkpointed)",
+             lambda e: f"{format_bytes(act)} ({format_bytes(act_ckpt)})")]
     body = "".join(f"<tr><td>{label}</td>" + "".join(f"<td style='text-align:right;padding:0 12px'>{fmt(e)}</td>"
                                                       for _, e in cols) + "</tr>" for label, fmt in rows)
-    return f"<table><tr><th></th>{head}</tr>{body}</table>"
+    return (f"<table><tr><th></th>{head}</tr>{body}</table><p style='font-size:90%'>Activations: "
+            f"{ACTIVATION_ASSUMPTIONS}.</p>")

@@ -1,5 +1,5 @@
-"""Widgets: set values in code, check the state and the figure follow; the memory calculator's arithmetic against
-real modules and against the LoRA paper's GPT-3 figures; the precomputed adapters are what they claim to be."""
+"""Widgets: set values in code, check the state and the figure follow; the memory calculator shows
+lora_teach.memory's arithmetic (tested in test_memory.py); the precomputed adapters are what they claim to be."""
 
 import base64
 from pathlib import Path
@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from lora_teach import memory as M
 from lora_teach import widgets as W
 from lora_teach.data import LanguageModelingTask
-from lora_teach.lora import LoRAConfig, apply_lora, lora_state_dict
-from lora_teach.measure import checkpoint_size, count_parameters, training_memory
-from lora_teach.model import GPT, GPTConfig
 from lora_teach.training import History, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -223,71 +221,31 @@ def test_dashboard_rejects_bad_arguments():
 
 
 # ------------------------------------------------------------------------------------------ memory calculator
-def test_calculator_parameter_counts_match_the_real_models():
-    cfg = GPTConfig()
-    assert W.MODEL_SIZES["tiny"].n_params == count_parameters(GPT(cfg))[1]
-    assert W.MODEL_SIZES["gpt2"].n_params == 124_439_808  # GPT-2 small, tied embeddings
-    assert W.MODEL_SIZES["7b"].n_params == 6_738_415_616  # LLaMA-2 7B
-    assert W.MODEL_SIZES["70b"].n_params == 68_976_648_192  # LLaMA-2 70B
+# The arithmetic is lora_teach.memory's and is tested in tests/test_memory.py; here: the widget shows it.
+def test_calculator_shows_the_memory_module_figures():
+    calc = W.MemoryCalculator()
+    full, lora = M.memory_estimate("gpt3-175b", "full", precision="fp16"), M.memory_estimate("gpt3-175b")
+    assert calc.estimates() == (full, lora)
+    for figure in (full["total"], lora["total"], lora["checkpoint"]):
+        assert M.format_bytes(figure) in calc.table.value
+    assert M.PRECISIONS["fp16"].description in calc.table.value  # the mode's bytes are stated on screen
+    assert "1.2 TB" in calc.table.value and "Activations:" in calc.table.value
 
 
-@pytest.mark.parametrize("r, targets", [(1, "q,v"), (8, "q,v"), (4, "q,k,v,o"), (2, "all linear")])
-def test_calculator_agrees_with_measure_on_the_tiny_model(r, targets):
-    torch.manual_seed(0)
-    names = W.TARGET_SETS[targets] or ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
-    model = apply_lora(GPT(GPTConfig()), LoRAConfig(r=r, alpha=r, target_modules=names))
-    est = W.memory_estimate("tiny", "lora", r, targets, precision="fp32")
-    trainable, total = count_parameters(model)
-    assert (est["trainable"], est["total_parameters"]) == (trainable, total)
-    mem = training_memory(model)
-    assert {k: est[k] for k in ("weights", "gradients", "optimizer", "total")} == mem
-    adapter = lora_state_dict(model)
-    on_disk = checkpoint_size(adapter)
-    assert est["checkpoint"] <= on_disk < est["checkpoint"] + 128 * len(adapter)  # + the safetensors header
-
-
-def test_calculator_full_fine_tuning_agrees_with_measure():
-    model = GPT(GPTConfig())
-    est = W.memory_estimate("tiny", "full", precision="fp32")
-    assert {k: est[k] for k in ("weights", "gradients", "optimizer", "total")} == training_memory(model)
-    assert est["total"] == 16 * est["total_parameters"]  # 4 + 4 + 8 bytes a parameter
-    assert est["checkpoint"] <= checkpoint_size(model) < est["checkpoint"] + 128 * len(model.state_dict())
-
-
-def test_calculator_reproduces_the_lora_paper_gpt3_figures():
-    """Hu et al. (2021), GPT-3 175B with Adam, fp16 weights, LoRA r=4 on Wq and Wv."""
-    lora = W.memory_estimate("gpt3-175b", "lora", r=4, targets="q,v", precision="fp16")
-    full = W.memory_estimate("gpt3-175b", "full", precision="fp16")
-    # Table 4 and Table 5: 4.7 M (r=1 on Wq, Wv), 18 M budget (r=4), 37.7 M (r=8, or r=4 on all four)
-    assert W.memory_estimate("gpt3-175b", "lora", r=1)["trainable"] == 4_718_592
-    assert lora["trainable"] == 18_874_368
-    assert W.memory_estimate("gpt3-175b", "lora", r=8)["trainable"] == 37_748_736
-    assert W.memory_estimate("gpt3-175b", "lora", r=4, targets="q,k,v,o")["trainable"] == 37_748_736
-    # "10,000 times fewer trainable parameters" and "350 GB -> 35 MB" (roughly 10,000x)
-    assert 9_000 < full["trainable"] / lora["trainable"] < 11_000
-    assert full["checkpoint"] == pytest.approx(350e9, rel=0.01)
-    assert lora["checkpoint"] == pytest.approx(35e6, rel=0.10)
-    # "1.2 TB -> 350 GB": LoRA keeps the fp16 weights and almost nothing else
-    assert lora["total"] == pytest.approx(350e9, rel=0.01)
-    # "up to 2/3 less, as we do not store optimizer states for frozen parameters": the paper's 1.2 TB lies
-    # between weights + Adam's two moments (its stated reason) and weights + gradients + moments
-    assert full["weights"] + full["optimizer"] <= 1.2e12 <= full["total"]
-    assert 1 - lora["total"] / full["total"] >= 2 / 3
-    assert W.format_bytes(lora["total"]) == "349 GB" and W.format_bytes(lora["checkpoint"]) == "37.7 MB"
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"model": "8b"}, "unknown model"),
-    ({"method": "qlora"}, "method must be one of"),
-    ({"r": 0}, "positive int"),
-    ({"targets": "q,x"}, "unknown target set"),
-    ({"targets": ["gate_proj"], "model": "gpt2"}, "not linear layers"),
-    ({"precision": "int4"}, "precision must be one of"),
-    ({"optimizer": "lion"}, "optimizer must be one of"),
-])
-def test_memory_estimate_rejects_bad_input(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        W.memory_estimate(**kwargs)
+def test_calculator_precision_and_base_bits():
+    calc = W.MemoryCalculator("7b", r=8, targets="all linear", precision="bf16-mixed")
+    assert calc.state["full_total"] == 16 * M.MODEL_SIZES["7b"].n_params
+    before = calc.state["weights"]
+    calc.base_bits.value = 4
+    assert calc.state["weights"] < before / 3 and calc.state["base_bits"] == M.NF4_BITS
+    calc.base_bits.value = "mode"
+    calc.precision.value = "qlora"  # a 4-bit base by default, compared with 16-bit mixed-precision full fine-tuning
+    assert calc.state["base_bits"] == M.NF4_BITS and calc.state["full_total"] == 16 * M.MODEL_SIZES["7b"].n_params
+    assert "12 bytes per adapter parameter" in calc.table.value
+    calc.model.value = "65b"
+    assert "48 GB" in calc.table.value and "780 GB" in calc.table.value
+    calc.method.value = "full"
+    assert calc.base_bits.disabled and calc.state["precision"] == "bf16-mixed"
 
 
 def test_calculator_widget_controls_update_state_table_and_figure():
@@ -297,6 +255,7 @@ def test_calculator_widget_controls_update_state_table_and_figure():
         ("r", 8, "trainable", 37_748_736),
         ("targets", "q,k,v,o", "trainable", 75_497_472),
         ("precision", "fp32", "checkpoint", 4 * 75_497_472),
+        ("base_bits", 4, "base_bits", M.NF4_BITS),
         ("model", "tiny", "model", "this course's tiny GPT"),
         ("method", "full", "trainable", W.MODEL_SIZES["tiny"].n_params),
     ]:
@@ -312,6 +271,10 @@ def test_calculator_rejects_bad_arguments_before_building():
         W.MemoryCalculator(model="gpt5")
     with pytest.raises(ValueError, match="r must be one of"):
         W.MemoryCalculator(r=3)
+    with pytest.raises(ValueError, match="base_bits must be"):
+        W.MemoryCalculator(base_bits=32)
+    with pytest.raises(ValueError, match="no frozen base"):
+        W.MemoryCalculator(method="full", precision="qlora")
 
 
 # ----------------------------------------------------------------------------------------- display and fallback

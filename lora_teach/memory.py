@@ -1,0 +1,263 @@
+"""Training memory as practitioners count it: bytes per parameter by precision mode, LoRA and QLoRA, activations.
+
+Weights, gradients and optimizer state are counted per parameter; every mode states its bytes:
+
+    fp32        fp32 weights, gradients and both Adam moments                         4 + 4 + 8     = 16 B
+    bf16-mixed  bf16 weights and gradients; fp32 master weights and moments (ZeRO)    2 + 2 + 4 + 8 = 16 B
+    bf16, fp16  pure 16 bit: weights, gradients and both moments in 16 bits           2 + 2 + 4     =  8 B
+    adam-8bit   bf16 mixed precision with 8-bit Adam moments (bitsandbytes)           2 + 2 + 4 + 2 = 10 B
+    qlora       a frozen NF4 base (4.127 bits a weight with double quantisation); the adapters in bf16 with
+                bf16 gradients and 32-bit Adam moments, as QLoRA's reference code trains them  2 + 2 + 8 = 12 B
+
+As in the ZeRO paper (Rajbhandari et al., 2020), "optimizer state" holds the fp32 master weights and the
+moments. A frozen parameter costs only its weight. Activations depend on the batch, not on the parameters, so
+they are a separate line (`activation_estimate`), with gradient checkpointing as an option; its formula is
+stated there. Model sizes: `MODEL_SIZES` (the course's tiny GPT to GPT-3 175B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .measure import OPTIMIZER_STATES
+
+
+# ------------------------------------------------------------------------------------------------ model sizes
+@dataclass(frozen=True)
+class ModelSize:
+    """What the arithmetic needs of a model: its parameter count, its blocks' linear layers (in, out) and widths."""
+
+    name: str
+    n_params: int
+    n_layer: int
+    linears: dict  # module name -> (in_features, out_features), per block
+    d_model: int
+    n_head: int
+    note: str = ""
+    context: int = 2048  # the sequence length its activations line uses
+
+    @property
+    def block_linear_params(self) -> int:
+        """Weights of all linear layers of all blocks (what QLoRA stores in 4 bits)."""
+        return self.n_layer * sum(i * o for i, o in self.linears.values())
+
+
+def gpt_parameters(n_layer: int, d: int, vocab: int, context: int, tied: bool = True) -> int:
+    """Parameters of a GPT-2-style model: per block 12 d^2 weights + 13 d biases and norms; embeddings."""
+    per_block = 12 * d * d + 13 * d  # q,k,v,o (4 d^2) and MLP d -> 4d -> d (8 d^2); biases 9d; two norms 4d
+    head = 0 if tied else vocab * d
+    return n_layer * per_block + vocab * d + context * d + 2 * d + head
+
+
+def llama_parameters(n_layer: int, d: int, d_ff: int, vocab: int, d_kv: int | None = None) -> int:
+    """Parameters of a LLaMA-style model (no biases, gated MLP, untied head, RMSNorm; d_kv < d for GQA)."""
+    d_kv = d if d_kv is None else d_kv
+    per_block = 2 * d * d + 2 * d * d_kv + 3 * d * d_ff + 2 * d
+    return n_layer * per_block + 2 * vocab * d + d
+
+
+def _gpt_linears(d: int) -> dict:
+    return {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "o_proj": (d, d),
+            "up_proj": (d, 4 * d), "down_proj": (4 * d, d)}
+
+
+def _llama_linears(d: int, d_ff: int, d_kv: int) -> dict:
+    return {"q_proj": (d, d), "k_proj": (d, d_kv), "v_proj": (d, d_kv), "o_proj": (d, d),
+            "gate_proj": (d, d_ff), "up_proj": (d, d_ff), "down_proj": (d_ff, d)}
+
+
+MODEL_SIZES = {
+    "tiny": ModelSize("this course's tiny GPT", gpt_parameters(4, 128, 97, 128, tied=False), 4, _gpt_linears(128),
+                      128, 4, "4 blocks, d = 128, untied head", 128),
+    "gpt2": ModelSize("GPT-2 small (124 M)", gpt_parameters(12, 768, 50257, 1024), 12, _gpt_linears(768), 768, 12,
+                      "12 blocks, d = 768", 1024),
+    "7b": ModelSize("LLaMA-2 7B", llama_parameters(32, 4096, 11008, 32000), 32, _llama_linears(4096, 11008, 4096),
+                    4096, 32, "32 blocks, d = 4096", 4096),
+    "65b": ModelSize("LLaMA 65B", llama_parameters(80, 8192, 22016, 32000), 80, _llama_linears(8192, 22016, 8192),
+                     8192, 64, "80 blocks, d = 8192 (QLoRA's largest model)"),
+    "70b": ModelSize("LLaMA-2 70B", llama_parameters(80, 8192, 28672, 32000, d_kv=1024), 80,
+                     _llama_linears(8192, 28672, 1024), 8192, 64, "80 blocks, d = 8192, grouped-query attention", 4096),
+    "gpt3-175b": ModelSize("GPT-3 175B", gpt_parameters(96, 12288, 50257, 2048), 96, _gpt_linears(12288), 12288, 96,
+                           "96 blocks, d = 12288"),
+}
+TARGET_SETS = {
+    "q,v": ("q_proj", "v_proj"),
+    "q,k,v,o": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "all linear": None,  # every linear layer of a block
+}
+METHODS = ("full", "lora")
+
+
+def lora_parameters(model: ModelSize, r: int, targets=("q_proj", "v_proj")) -> int:
+    """Trainable parameters of LoRA: r (in + out) for every targeted linear layer of every block."""
+    return model.n_layer * sum(r * (i + o) for i, o in (model.linears[t] for t in targets))
+
+
+# ---------------------------------------------------------------------------------------------- precision
+# an NF4 code, an 8-bit constant per 64 weights, an fp32 constant per 64 * 256 (= quantize.bits_per_weight())
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per parameter of one precision mode. `optimizer` = fp32 master copy + both Adam moments (ZeRO)."""
+
+    key: str
+    weight: float  # the trained weights as the forward pass uses them
+    gradient: float
+    master: float  # fp32 master copy of the trained weights (mixed precision), 0 if none
+    moments: float  # Adam's two moments together
+    base_bits: float  # a frozen base weight of a LoRA model, in bits
+    description: str
+
+    @property
+    def per_trained_parameter(self) -> float:
+        return self.weight + self.gradient + self.master + self.moments
+
+
+PRECISIONS = {
+    "fp32": Precision("fp32", 4, 4, 0, 8, 32, "fp32 weights, gradients and Adam moments: 4 + 4 + 8 = 16 bytes "
+                      "per trained parameter"),
+    "bf16-mixed": Precision("bf16-mixed", 2, 2, 4, 8, 16, "bf16 mixed precision: bf16 weights and gradients, fp32 "
+                            "master weights and Adam moments (as ZeRO counts): 2 + 2 + 4 + 8 = 16 bytes"),
+    "bf16": Precision("bf16", 2, 2, 0, 4, 16, "pure bf16: weights, gradients and Adam moments all in 16 bits: "
+                      "2 + 2 + 4 = 8 bytes"),
+    "fp16": Precision("fp16", 2, 2, 0, 4, 16, "pure fp16 (the LoRA paper's era): weights, gradients and Adam "
+                      "moments all in 16 bits: 2 + 2 + 4 = 8 bytes"),
+    "adam-8bit": Precision("adam-8bit", 2, 2, 4, 2, 16, "bf16 mixed precision with 8-bit Adam (bitsandbytes): "
+                           "2 + 2 + 4 + 1 + 1 = 10 bytes"),
+    "qlora": Precision("qlora", 2, 2, 0, 8, NF4_BITS, "QLoRA: a frozen NF4 base with double quantisation "
+                       f"({NF4_BITS:.3f} bits a weight); bf16 adapters and gradients, 32-bit Adam moments: "
+                       "2 + 2 + 8 = 12 bytes per adapter parameter"),
+}
+BASE_BITS = {32: 32, 16: 16, 8: 8, 4: NF4_BITS}  # a frozen base layer's weight; 4 means NF4 with its constants
+
+
+def _resolve_model(model) -> ModelSize:
+    if isinstance(model, ModelSize):
+        return model
+    if model not in MODEL_SIZES:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_SIZES)} or pass a ModelSize")
+    return MODEL_SIZES[model]
+
+
+def _resolve_targets(model: ModelSize, targets) -> tuple[str, ...]:
+    if isinstance(targets, str):
+        if targets not in TARGET_SETS:
+            raise ValueError(f"unknown target set {targets!r}; choose one of {list(TARGET_SETS)} or name modules")
+        targets = TARGET_SETS[targets] or tuple(model.linears)
+    targets = tuple(targets)
+    unknown = [t for t in targets if t not in model.linears]
+    if not targets or unknown:
+        raise ValueError(f"target modules {unknown or targets} are not linear layers of {model.name}; "
+                         f"choose from {list(model.linears)}")
+    return targets
+
+
+def memory_estimate(model="gpt3-175b", method: str = "lora", r: int = 4, targets="q,v", precision: str = "fp16",
+                    optimizer: str = "adamw", base_bits: int | None = None) -> dict:
+    """Training memory (weights, gradients, optimizer state; activations apart) and checkpoint bytes.
+
+    Full fine-tuning trains every parameter at `precision`'s bytes. LoRA trains A and B at those bytes; the
+    frozen base costs its weight only: the blocks' linear layers at `base_bits` (default: the mode's, 4 = NF4
+    with constants) and the rest (embeddings, norms, head) in the mode's weight width. Checkpoint: the whole
+    model for full fine-tuning, only A and B for LoRA, in the weights' width."""
+    model = _resolve_model(model)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
+    if base_bits is not None and base_bits not in BASE_BITS:
+        raise ValueError(f"base_bits must be None (the precision's own) or one of {list(BASE_BITS)}, got {base_bits!r}")
+    mode = PRECISIONS[precision]
+    bits = mode.base_bits if base_bits is None else BASE_BITS[base_bits]
+    if method == "full" and (base_bits is not None or precision == "qlora"):
+        raise ValueError("full fine-tuning trains every weight, so there is no frozen base to store in fewer bits; "
+                         "use method='lora' with base_bits or precision='qlora'")
+    if method == "lora":
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"r (the rank) must be a positive int, got {r!r}")
+        targets = _resolve_targets(model, targets)
+        trainable = lora_parameters(model, r, targets)
+        frozen_linear = model.block_linear_params
+        frozen_other = model.n_params - frozen_linear
+        frozen_bytes = frozen_linear * bits / 8 + frozen_other * mode.weight
+        total_params = model.n_params + trainable
+    else:
+        targets, trainable, frozen_bytes, total_params, bits = (), model.n_params, 0, model.n_params, None
+    moments = mode.moments * OPTIMIZER_STATES[optimizer] / 2  # the mode's bytes are for Adam's two moments
+    weights = frozen_bytes + trainable * mode.weight
+    gradients = trainable * mode.gradient
+    states = trainable * (mode.master + moments)
+    return {"model": model.name, "method": method, "r": r if method == "lora" else None, "targets": targets,
+            "precision": precision, "base_bits": bits, "trainable": trainable, "total_parameters": total_params,
+            "weights": weights, "gradients": gradients, "optimizer": states, "master": trainable * mode.master,
+            "total": weights + gradients + states, "checkpoint": trainable * mode.weight}
+
+
+def weight_bytes(model, bits: float) -> float:
+    """Bytes of all of a model's parameters stored at `bits` each (e.g. 16, 8, or 4.127 for NF4)."""
+    return _resolve_model(model).n_params * bits / 8
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in decimal units, as the LoRA paper writes them: 350 GB, 35 MB, 1.2 TB."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+# ---------------------------------------------------------------------------------------------- activations
+ACTIVATION_ASSUMPTIONS = ("activations in 16 bits, per block s b d (34 + 5 a s / d) bytes (Korthikanti et al., 2022: "
+                          "GPT block with dropout, attention scores stored, no sequence or tensor parallelism); "
+                          "with gradient checkpointing, each block's input (2 s b d bytes) plus one block recomputed "
+                          "at a time")
+
+
+def activation_estimate(model, batch: int, seq: int, checkpointing: bool = False) -> float:
+    """Bytes of activations of one training step: see ACTIVATION_ASSUMPTIONS (the same for full fine-tuning and
+    LoRA: every layer still runs its backward pass)."""
+    model = _resolve_model(model)
+    for name, value in (("batch", batch), ("seq", seq)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(checkpointing, bool):
+        raise TypeError(f"checkpointing must be True or False, got {checkpointing!r}")
+    s, b, d, a = seq, batch, model.d_model, model.n_head
+    per_block = s * b * d * (34 + 5 * a * s / d)
+    if checkpointing:
+        return model.n_layer * 2 * s * b * d + per_block
+    return model.n_layer * per_block
+
+
+# ------------------------------------------------------------------------------------- the papers' figures
+def lora_paper_gpt3() -> dict:
+    """The LoRA paper's GPT-3 175B figures (training memory 1.2 TB -> 350 GB, checkpoint 350 GB -> 35 MB, Adam,
+    r = 4 on W_q and W_v) beside this module's arithmetic. The paper's "up to 2/3 less, as we do not store
+    optimizer states for frozen parameters" fits pure 16-bit training (fp16 mode): LoRA keeps the 16-bit
+    weights (349 GB); full fine-tuning holds 16-bit weights and two moments (1.05 TB), plus 16-bit gradients
+    (1.4 TB). The paper's 1.2 TB lies between; it does not itemise it."""
+    full = memory_estimate("gpt3-175b", "full", precision="fp16")
+    lora = memory_estimate("gpt3-175b", "lora", r=4, targets="q,v", precision="fp16")
+    mixed = memory_estimate("gpt3-175b", "full", precision="bf16-mixed")
+    return {"paper_full": 1.2e12, "paper_lora": 350e9, "paper_checkpoint_lora": 35e6,
+            "full_weights_and_moments": full["weights"] + full["optimizer"], "full_total": full["total"],
+            "lora_total": lora["total"], "full_checkpoint": full["checkpoint"], "lora_checkpoint": lora["checkpoint"],
+            "full_mixed_precision": mixed["total"], "trainable_ratio": full["trainable"] / lora["trainable"]}
+
+
+def qlora_paper_65b(batch: int = 1, seq: int = 512) -> dict:
+    """QLoRA's headline (65B on one 48 GB GPU, against more than 780 GB for 16-bit full fine-tuning) under stated
+    assumptions: LLaMA 65B, LoRA r = 64 on all linear layers of the blocks (the paper's setting), precision
+    'qlora'; activations of `batch` sequences of `seq` tokens with gradient checkpointing. Full 16-bit fine-tuning:
+    16-bit weights and gradients with 32-bit Adam moments (12 bytes a parameter), or 16 with fp32 master weights."""
+    qlora = memory_estimate("65b", "lora", r=64, targets="all linear", precision="qlora")
+    n = MODEL_SIZES["65b"].n_params
+    act = activation_estimate("65b", batch, seq, checkpointing=True)
+    return {"paper_qlora_below": 48e9, "paper_full_above": 780e9, "n_params": n, "qlora": qlora,
+            "qlora_total": qlora["total"], "activations_checkpointed": act,
+            "qlora_with_activations": qlora["total"] + act, "full_16bit_12_bytes": 12 * n,
+            "full_mixed_16_bytes": memory_estimate("65b", "full", precision="bf16-mixed")["total"]}
