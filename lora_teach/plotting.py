@@ -30,6 +30,17 @@ METHOD_LABELS = {
 }
 
 
+# for figures that compare several runs of ONE method (settings, seeds): Paul Tol's colour-blind safe "muted" set
+RUN_COLOURS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499")
+
+
+def run_colours(n: int) -> list[str]:
+    """`n` distinct colours for `n` runs in one figure (at most len(RUN_COLOURS))."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(RUN_COLOURS):
+        raise ValueError(f"n must be an int from 1 to {len(RUN_COLOURS)}, got {n!r}")
+    return list(RUN_COLOURS[:n])
+
+
 def use_course_style() -> None:
     """Apply the course's matplotlib defaults (sizes, grid, a colour-blind safe cycle)."""
     mpl.rcParams.update({

@@ -171,3 +171,12 @@ def test_every_method_has_its_own_colour():
 
     colours = [s["color"] for s in METHOD_STYLES.values()]
     assert len(set(colours)) == len(colours)
+
+
+def test_run_colours_are_distinct_and_bounded():
+    from lora_teach.plotting import RUN_COLOURS, run_colours
+
+    assert len(set(run_colours(len(RUN_COLOURS)))) == len(RUN_COLOURS)
+    for bad in (0, len(RUN_COLOURS) + 1, 2.0, True):
+        with pytest.raises(ValueError, match="n must be an int from 1 to"):
+            run_colours(bad)
