@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import socket
+from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
@@ -344,3 +346,51 @@ def test_load_peft_adapter_refuses_a_model_that_already_has_lora(base, tmp_path)
     path = peft_adapter(base, tmp_path / "adapter")
     with pytest.raises(ValueError, match="has LoRA layers"):
         load_peft_adapter(lora_model(base, dtype=torch.float32), path)
+
+
+# ------------------------------------------------------------------------------------------------- notebook 11
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "11_from_our_model_to_hugging_face.ipynb"
+REFUSE_NETWORK = """
+import socket
+
+network_attempts = []
+
+
+def _refuse(*args, **kwargs):
+    network_attempts.append(repr(args)[:200])
+    raise OSError("network access attempted")
+
+
+socket.socket.connect = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+"""
+
+
+def test_the_notebooks_default_path_attempts_no_download(monkeypatch):
+    """Notebook 11 with its default MODEL = "course", offline, in a kernel where every network call fails."""
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1 and 'MODEL = "course"' in parameters[0].source
+    nb.cells.insert(0, nbformat.v4.new_code_cell(REFUSE_NETWORK))
+    nb.cells.append(nbformat.v4.new_code_cell("assert not network_attempts, network_attempts\n"
+                                              "print('network calls:', len(network_attempts))"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()  # a failing cell (a download, the final assertion) raises CellExecutionError
+    assert nb.cells[-1].outputs[0]["text"] == "network calls: 0\n"
+
+
+def test_the_network_guard_can_fail(monkeypatch):
+    """The guard really refuses a connection (so the notebook test above would notice a download)."""
+    namespace = {}
+    with monkeypatch.context() as m:
+        m.setattr(socket.socket, "connect", socket.socket.connect)
+        m.setattr(socket, "create_connection", socket.create_connection)
+        m.setattr(socket, "getaddrinfo", socket.getaddrinfo)
+        exec(REFUSE_NETWORK, namespace)
+        with pytest.raises(OSError, match="network access attempted"):
+            socket.create_connection(("huggingface.co", 443))
+    assert namespace["network_attempts"]
