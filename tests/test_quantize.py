@@ -196,7 +196,10 @@ def test_an_exact_merge_into_the_4bit_base_is_refused_and_the_lossy_one_is_measu
         error = (new.weight - exact).abs().view(-1, 64)
         step = (Q.NF4_CODEBOOK[1:] - Q.NF4_CODEBOOK[:-1]).max()  # the widest gap between two levels
         assert error.max() > 0  # lossy: rounded to NF4 again
-        assert torch.all(error.max(dim=1).values <= step / 2 * exact.abs().view(-1, 64).max(dim=1).values * 1.01)
+        a_true = exact.abs().view(-1, 64).max(dim=1).values  # the block constants before double quantisation
+        a_stored = new.block_constants()  # after it
+        bound = step / 2 * a_true + (a_stored - a_true).abs()  # rounding to a level, plus the constant's rounding
+        assert torch.all(error.max(dim=1).values <= bound * 1.0001)
     assert not torch.equal(merged(x)[0], model(x)[0])
 
 
