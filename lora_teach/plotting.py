@@ -101,11 +101,13 @@ def legend_outside(ax, **kw):
 
 
 def chance_line(ax, chance: float, label: str | None = None):
-    """A dotted horizontal line at the accuracy of guessing, labelled in the legend."""
+    """A dotted horizontal line at the accuracy of guessing, labelled on the axes and in the legend."""
     if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not 0 <= chance <= 1:
         raise ValueError(f"chance must be an accuracy between 0 and 1, got {chance!r}")
-    return ax.axhline(chance, color="#777777", linestyle=":", linewidth=1.2,
-                      label=label or f"chance ({chance:.2f})")
+    line = ax.axhline(chance, color="#777777", linestyle=":", linewidth=1.2, label=label or f"chance ({chance:.2f})")
+    ax.annotate("chance", xy=(1.0, chance), xycoords=("axes fraction", "data"), xytext=(-2, 3),
+                textcoords="offset points", ha="right", va="bottom", fontsize=8, color="#555555")
+    return line
 
 
 def _plain_number(value: float, _pos=None) -> str:
