@@ -508,8 +508,69 @@ def test_the_memory_numbers_of_notebook_10_match_the_shipped_results():
         assert round(state, 2) == quoted_state and round(act, 1) == quoted_act
 
 
+# ------------------------------------------------------------------------------------------------ notebook 13
+def _mixed_from_single(outputs, names):
+    return torch.stack([outputs[name][i] for i, name in enumerate(names)])
+
+
+RIGHT.update({
+    "check_dora_trainable": lambda i, o, r: r * (i + o) + o,
+    "check_optimizer_only_variant": "d",
+    "check_mixed_from_single": _mixed_from_single,
+})
+MISTAKES_13 = [
+    ("check_dora_trainable", lambda i, o, r: r * (i + o), "magnitude vector m"),
+    ("check_dora_trainable", lambda i, o, r: r * (i + o) + i, "one per output feature"),
+    ("check_dora_trainable", lambda i, o, r: r * (i + o) + i * o, "one number per output feature"),
+    ("check_dora_trainable", lambda i, o, r: 2 * r * i + o, "square"),
+    ("check_optimizer_only_variant", "a", "α / √r"),
+    ("check_optimizer_only_variant", "b", "magnitude vector"),
+    ("check_optimizer_only_variant", "c", "initialisation"),
+    ("check_mixed_from_single", lambda outputs, names: outputs[names[0]], "first row's adapter"),
+    ("check_mixed_from_single", lambda outputs, names: torch.stack([outputs[n][0] for n in names]), "row 0"),
+    ("check_mixed_from_single", lambda outputs, names: sum(outputs.values()) / len(outputs), "averaging"),
+]
+
+
+def test_the_dora_reference_counts_what_lora_teach_trains():
+    from lora_teach.lora import LoRALinear
+
+    for i, o, r in [(6, 10, 2), (128, 512, 8)]:
+        layer = LoRALinear(torch.nn.Linear(i, o), r=r, alpha=r, use_dora=True)
+        trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+        assert trainable == ex._dora_trainable_reference(i, o, r) == RIGHT["check_dora_trainable"](i, o, r)
+
+
+def test_the_mixed_batch_reference_is_what_forward_with_adapters_computes():
+    from lora_teach.lora import LoRAConfig, add_adapter, apply_lora, forward_with_adapters, lora_layers, set_adapter
+    from lora_teach.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = apply_lora(GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval(),
+                       LoRAConfig(r=2, alpha=4))
+    add_adapter(model, "author", LoRAConfig(r=2, alpha=4))
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            for name in ("default", "author"):
+                layer._parts(name)[1].normal_(0, 0.5)
+    x = torch.randint(0, 97, (4, 8), generator=torch.Generator().manual_seed(1))
+    names = ["author", "__base__", "default", "author"]
+    outputs = {}
+    for name in ("default", "author"):
+        set_adapter(model, name)
+        outputs[name] = model(x)[0]
+    from lora_teach.lora import disable_adapter
+
+    with disable_adapter(model):
+        outputs["__base__"] = model(x)[0]
+    set_adapter(model, "default")
+    torch.testing.assert_close(forward_with_adapters(model, x, names)[0], ex._mixed_reference(outputs, names),
+                               rtol=0, atol=1e-5)
+
+
 # every notebook's common mistakes, each with the words its own message must contain
-ALL_MISTAKES = MISTAKES + MISTAKES_03 + MISTAKES_04 + MISTAKES_05_06 + MISTAKES_07 + MISTAKES_09 + MISTAKES_10
+ALL_MISTAKES = (MISTAKES + MISTAKES_03 + MISTAKES_04 + MISTAKES_05_06 + MISTAKES_07 + MISTAKES_09 + MISTAKES_10
+                + MISTAKES_13)
 
 
 @pytest.mark.parametrize("name,answer,words", ALL_MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(ALL_MISTAKES)])
