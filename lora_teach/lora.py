@@ -587,7 +587,8 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
 
 def forward_with_adapters(model: nn.Module, idx: torch.Tensor, adapter_names: list[str]):
     """model(idx) in which row i of the batch runs adapter adapter_names[i] ('__base__': no adapter), as PEFT's
-    `model(..., adapter_names=[...])` does at inference. The model must be in eval mode and unmerged."""
+    `model(..., adapter_names=[...])` does at inference. The model must be in eval mode and unmerged. DoRA
+    adapters are allowed here (PEFT 0.21 refuses them in a mixed batch); each row equals its adapter merged."""
     layers = _require_lora(model)
     known = _known_adapters(model)
     if not isinstance(adapter_names, (list, tuple)):
