@@ -36,15 +36,13 @@ import torch  # noqa: E402
 from lora_teach import load_base_model  # noqa: E402
 from lora_teach.compare import (  # noqa: E402
     GRID_METHODS,
-    GRID_SEEDS,
-    LR_GRID,
     METHODS,
     QUICK,
     RESULTS,
     RUN_FIELDS,
     Budget,
+    as_reported,
     austen_task,
-    choose_rates,
     chosen_rates,
     inference_latency,
     read_csv,
@@ -127,11 +125,16 @@ def readme_table(summary: list[dict]) -> str:
              "Austen loss after | author accuracy | sentence accuracy | stored per task |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method in ("base",) + GRID_METHODS:
-        s, a, t = (by[(method, task)] for task in ("shakespeare", "author", "sentence"))
-        rates = "" if method == "base" else " / ".join(f"{float(r['lr']):g}" for r in (s, a, t))
-        stored = "" if method == "base" else f"{round(float(a['checkpoint_bytes']) / 1000):,} kB"
-        lines.append(f"| {README_NAMES[method]} | {int(float(a['trainable'])):,} | {rates} | {cell(s, 'quality')} | "
-                     f"{cell(s, 'austen_loss')} | {cell(a, 'quality')} | {cell(t, 'quality')} | {stored} |")
+        s, a, t = (by.get((method, task)) for task in ("shakespeare", "author", "sentence"))
+        done = [r for r in (s, a, t) if r is not None]
+        if not done:
+            continue
+        rates = "" if method == "base" else " / ".join(f"{float(r['lr']):g}" if r else "—" for r in (s, a, t))
+        stored = "" if method == "base" else f"{round(float(done[0]['checkpoint_bytes']) / 1000):,} kB"
+        figures = [cell(r, key) if r else "not run yet" for r, key in
+                   ((s, "quality"), (s, "austen_loss"), (a, "quality"), (t, "quality"))]
+        lines.append(f"| {README_NAMES[method]} | {int(float(done[0]['trainable'])):,} | {rates} | "
+                     + " | ".join(figures) + f" | {stored} |")
     return "\n".join(lines)
 
 
@@ -172,6 +175,8 @@ def main(argv=None) -> None:
                          "call without --shard writes the result files from the grid and the cache")
     ap.add_argument("--ready-only", action="store_true",
                     help="with --shard: train only the runs whose (method, task) the grid has finished")
+    ap.add_argument("--partial", action="store_true",
+                    help="report only the (method, task) pairs whose grid is finished (the table marks the rest)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="where sharded runs append their rows (default: comparison_new_runs.csv under --out)")
     args = ap.parse_args(argv)
@@ -190,13 +195,11 @@ def main(argv=None) -> None:
     budget, methods = (QUICK, METHODS) if args.quick else (Budget(), GRID_METHODS)
     if args.ready_only and not args.shard:
         raise ValueError("--ready-only trains part of the comparison: use it with --shard")
-    if args.ready_only:  # rates only for the blocks the grid has finished; the others wait
-        grid_rows = read_csv(args.grid)
-        complete = {(m, t) for m in GRID_METHODS for t in budget.steps
-                    if sum((r["method"], r["task"]) == (m, t) for r in grid_rows) >= len(LR_GRID[m]) * len(GRID_SEEDS)}
-        rates = {k: v for k, v in choose_rates(grid_rows).items() if k in complete}
-    else:
-        rates = chosen_rates(args.grid)
+    rates = chosen_rates(args.grid)  # only the (method, task) pairs whose grid is complete
+    missing = [(m, t) for t in budget.steps for m in methods if (m, t) not in rates]
+    if missing and not (args.ready_only or args.partial):
+        raise ValueError(f"the grid in {args.grid} is not finished for {missing}: run `python scripts/lr_grid.py` "
+                         "(or pass --partial to report only the finished pairs)")
     done = {}
     if not args.quick:
         done = {run_key(r): r for r in read_csv(args.grid)}  # the grid's runs: the first seeds, already trained
@@ -228,7 +231,16 @@ def main(argv=None) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {row['task']:11s} {row['method']:9s} lr {float(row['lr']):g} "
               f"seed {row['seed']} test {row['quality']:.3f}", file=sys.stderr, flush=True)
 
-    run_comparison(base, budget, methods=methods, rates=rates, log=log, done=done, time_step=args.quick)
+    if args.partial:  # only the pairs the grid has finished, and only with all three seeds in hand
+        ready = {k for k in rates if all((k[0], k[1], float(rates[k]), int(s), int(budget.steps[k[1]])) in done
+                                         for s in budget.seeds)}
+        for task_name, steps in budget.steps.items():
+            for method in methods:
+                if (method, task_name) in ready:
+                    for seed in budget.seeds:
+                        log(as_reported(done[(method, task_name, float(rates[(method, task_name)]), seed, steps)]))
+    else:
+        run_comparison(base, budget, methods=methods, rates=rates, log=log, done=done, time_step=args.quick)
     write_csv(args.out / "comparison_runs.csv", rows)
     summary = summarise(rows)
     if not args.quick:

@@ -276,12 +276,24 @@ def read_csv(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def complete_blocks(grid_rows: list[dict]) -> set[tuple[str, str]]:
+    """The (method, task) pairs for which the grid has every rate of LR_GRID with every seed of GRID_SEEDS."""
+    found: dict[tuple[str, str], set] = {}
+    for r in grid_rows:
+        found.setdefault((r["method"], r["task"]), set()).add((float(r["lr"]), int(r["seed"])))
+    return {k for k, runs in found.items() if k[0] in LR_GRID
+            and {(lr, s) for lr in LR_GRID[k[0]] for s in GRID_SEEDS} <= runs}
+
+
 def chosen_rates(path: str | Path | None = None) -> dict[tuple[str, str], float]:
-    """The rates chosen on validation from the committed grid (`lora_teach/results/lr_grid.csv`)."""
+    """The rates chosen on validation from the committed grid (`lora_teach/results/lr_grid.csv`), for every
+    (method, task) whose grid is complete (a rate is never chosen from part of a grid)."""
     path = Path(path) if path else RESULTS / "lr_grid.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python scripts/lr_grid.py` first")
-    return choose_rates(read_csv(path))
+    rows = read_csv(path)
+    complete = complete_blocks(rows)
+    return {k: lr for k, lr in choose_rates(rows).items() if k in complete}
 
 
 def as_reported(row: dict) -> dict:

@@ -37,18 +37,35 @@ def check_lora_memory_fraction(answer) -> bool:
                   (100 * expected, "that looks like a percentage; give a fraction between 0 and 1.")])
 
 
+def _measured() -> dict[tuple[str, str], dict]:
+    """The shipped comparison summary (test split, chosen rates), keyed by (method, task)."""
+    from ..compare import RESULTS, read_csv
+
+    return {(r["method"], r["task"]): r for r in read_csv(RESULTS / "comparison_summary.csv")}
+
+
 def check_method_for_serving(answer) -> bool:
     """10: one task per server, base-model latency, small files, accuracy above chance: which method?"""
+    m = _measured()
+
+    def acc(method):
+        return float(m[(method, "author")]["quality"])
+
+    def kb(method):
+        return float(m[(method, "author")]["checkpoint_bytes"]) / 1000
+
     return check_choice(
         answer, "d", name="serving_choice",
-        wrong={"a": "each task would store a whole model: 3344.5 kB here, and 13.5 GB in fp16 for a 7 B model (the "
-                    "calculator). The files are not small.",
-               "b": "their accuracy (0.500) and files (149.4 kB) would do, but adapters cannot be merged: every "
-                    "forward pass runs the extra layers (see the latency table).",
-               "c": "the files are the smallest (10.3 kB), but 0.332 is chance on three authors at this scale, and 20 "
-                    "extra positions make each forward pass clearly slower (see the latency table)."},
-        explanation="LoRA stores 67.0 kB per task, reached 0.534 on the author task, and merged into the weights it "
-                    "runs exactly the base model's matrix products, no more. Keep it unmerged "
+        wrong={"a": f"each task would store a whole model: {kb('full'):.1f} kB here, and 13.5 GB in fp16 for a 7 B "
+                    "model (the calculator). The files are not small.",
+               "b": f"their accuracy ({acc('adapters'):.3f}) and files ({kb('adapters'):.1f} kB) would do, but "
+                    "adapters cannot be merged: every forward pass runs the extra layers (see the latency table).",
+               "c": f"the files are the smallest ({kb('prompt'):.1f} kB), but {acc('prompt'):.3f} is at chance "
+                    "(0.333) on three authors here, and 20 extra positions make each forward pass clearly slower "
+                    "(see the latency table)."},
+        explanation=f"LoRA stores {kb('lora'):.1f} kB per task on q and v ({kb('lora-all'):.1f} kB on all linear "
+                    f"layers), reached {acc('lora'):.3f} ({acc('lora-all'):.3f}) on the author task, and merged into "
+                    "the weights it runs exactly the base model's matrix products, no more. Keep it unmerged "
                     "instead if one server must switch between tasks.")
 
 
