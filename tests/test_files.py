@@ -305,4 +305,5 @@ def test_our_adapter_format_does_not_borrow_peft_file_names(tmp_path):
     # PEFT would try to load a folder holding adapter_config.json and fail on our keys: a look-alike trap.
     folder = save_adapter(lora_gpt(r=4), tmp_path / "adapter")
     assert sorted(p.name for p in folder.iterdir()) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS])
-    assert not {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"} & {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
+    peft_names = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
+    assert not peft_names & {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
