@@ -19,6 +19,32 @@ def _lora_forward(x, weight, bias, lora_A, lora_B, alpha, r):
     return x @ weight.T + bias + (alpha / r) * (x @ lora_A.T @ lora_B.T)
 
 
+def _lora_linear(forward):
+    """A LoRALinear subclass whose forward is `forward(layer, x)`: an answer to notebook 08's class exercise."""
+    from lora_teach.lora import LoRALinear
+
+    return type("MyLoRALinear", (LoRALinear,), {"forward": forward})
+
+
+def _wrap_q_and_v(model, r, alpha, targets=("q_proj", "v_proj"), freeze="before"):
+    """An answer to notebook 08's injection exercise (right with the defaults)."""
+    from lora_teach.lora import LoRALinear
+
+    if freeze == "before":
+        model.requires_grad_(False)
+    for name, module in list(model.named_modules()):
+        if name.rsplit(".", 1)[-1] in targets:
+            parent, child = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent), child, LoRALinear(module, r, alpha))
+    if freeze == "after":
+        model.requires_grad_(False)
+    return model
+
+
+def _branch(layer, x):
+    return layer.lora_dropout(x) @ layer.lora_A.T @ layer.lora_B.T  # (..., in) -> (..., r) -> (..., out)
+
+
 def _prefix_attention(q, k, v, prefix_k, prefix_v, causal=True, see_prefix=True):
     B, T, C = q.shape
     P = prefix_k.shape[0]
@@ -44,7 +70,9 @@ RIGHT = {
     "check_prepend_virtual_tokens": lambda v, x: torch.cat([v.expand(x.shape[0], -1, -1), x], dim=1),
     "check_prefix_attention": _prefix_attention,
     "check_lora_parameter_count": lambda i, o, r: r * (i + o),
-    "check_lora_forward": _lora_forward,
+    "check_lora_linear_forward": lambda self, x: (
+        self.base_layer(x) if self.merged else self.base_layer(x) + self.scaling * _branch(self, x)),
+    "check_lora_injection": _wrap_q_and_v,
     "check_lora_merge": lambda w, a, b, alpha, r: w + (alpha / r) * (b @ a),
 }
 
@@ -76,10 +104,28 @@ MISTAKES = [
     ("check_prefix_attention", lambda q, k, v, pk, pv: _prefix_attention(q, k, v, pk, pv, see_prefix=False),
      "all 3 prefix slots"),
     ("check_lora_parameter_count", lambda i, o, r: 2 * r * i, "square"),
-    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w.T + b + alpha * (x @ a.T @ bb.T), "alpha / r"),
-    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w.T + b + (x @ a.T @ bb.T), "scaling"),
-    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w + b, "shapes"),
-    ("check_lora_forward", lambda x, w, b, a, bb, alpha, r: x @ w.T + (alpha / r) * (x @ a.T @ bb.T), "bias"),
+    ("check_lora_linear_forward", _lora_linear(lambda self, x: self.base_layer(x) + self.alpha * _branch(self, x)),
+     "instead of alpha / r"),
+    ("check_lora_linear_forward", _lora_linear(lambda self, x: self.base_layer(x) + _branch(self, x)),
+     "scaling is missing"),
+    ("check_lora_linear_forward", _lora_linear(lambda self, x: x @ self.base_layer.weight + self.base_layer.bias),
+     "shapes"),
+    ("check_lora_linear_forward", _lora_linear(
+        lambda self, x: x @ self.base_layer.weight.T + self.scaling * _branch(self, x)), "bias"),
+    ("check_lora_linear_forward", _lora_linear(lambda self, x: self.base_layer(x) + self.scaling * _branch(self, x)),
+     "counts the update twice"),
+    ("check_lora_linear_forward", _lora_linear(
+        lambda self, x: self.base_layer(x) if self.merged
+        else self.base_layer(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)), "lora_dropout(x)"),
+    ("check_lora_linear_forward", torch.nn.Linear, "subclasses LoRALinear"),
+    ("check_lora_linear_forward", lambda self, x: self.base_layer(x), "branch is missing"),
+    ("check_lora_injection", lambda m, r, alpha: _wrap_q_and_v(m, r, alpha, freeze="never"), "still train"),
+    ("check_lora_injection", lambda m, r, alpha: _wrap_q_and_v(m, r, alpha, freeze="after"), "A and B are frozen"),
+    ("check_lora_injection", lambda m, r, alpha: _wrap_q_and_v(m, r, alpha, targets=("q_proj", "k_proj", "v_proj")),
+     "wrapped but not targeted"),
+    ("check_lora_injection", lambda m, r, alpha: _wrap_q_and_v(m, r, alpha, targets=("q_proj",)), "not wrapped"),
+    ("check_lora_injection", lambda m, r, alpha: _wrap_q_and_v(m, r, 2 * alpha), "you were given"),
+    ("check_lora_injection", lambda m, r, alpha: _wrap_q_and_v(m, r, alpha) and None, "return model"),
     ("check_lora_merge", lambda w, a, b, alpha, r: w.add_((alpha / r) * (b @ a)), "in place"),
     ("check_lora_merge", lambda w, a, b, alpha, r: w - (alpha / r) * (b @ a), "unmerging"),
 ]
@@ -123,11 +169,28 @@ def test_a_stub_function_gets_the_replace_return_none_message(capsys):
     assert "returned None: replace `return None`" in capsys.readouterr().out
 
 
+def test_the_forward_exercise_also_takes_a_lora_linear_subclass(capsys):
+    assert ex.check_lora_linear_forward(_lora_linear(RIGHT["check_lora_linear_forward"])) is True
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+def test_the_injection_check_compares_with_apply_lora():
+    """Its reference is the package's apply_lora: LoRA on q and v of every block, only A and B trainable."""
+    from lora_teach.lora import LoRALinear
+
+    for case in ex.INJECTION_CASES:
+        logits, trainable, layers = ex._injection_reference(*case)
+        n_layer, d, _, r, _ = case
+        assert layers == 2 * n_layer and trainable == 2 * n_layer * 2 * d * r and torch.isfinite(logits).all()
+    model = ex._injected(RIGHT["check_lora_injection"], *ex.INJECTION_CASES[0])
+    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == 2 * ex.INJECTION_CASES[0][0]
+
+
 def test_an_error_in_the_students_code_is_reported_not_raised(capsys):
-    def lora_forward(x, weight, bias, lora_A, lora_B, alpha, r):
+    def forward(self, x):
         raise KeyError("oops")
 
-    assert ex.check_lora_forward(lora_forward) is False
+    assert ex.check_lora_linear_forward(_lora_linear(forward)) is False
     out = capsys.readouterr().out
     assert "raised KeyError" in out and "oops" in out
 

@@ -2,7 +2,7 @@
 
 One module per notebook (`nb08_lora_from_scratch` holds notebook 08's checks) and `core`, the building blocks
 (`check_number`, `check_choice`, `check_function`). A teacher adds an exercise in the module named after its
-notebook; everything is re-exported here, so `from lora_teach.exercises import check_lora_forward` works.
+notebook; everything is re-exported here, so `from lora_teach.exercises import check_lora_merge` works.
 """
 
 from .core import *  # noqa: F403
@@ -41,7 +41,13 @@ from .nb06_p_tuning import *  # noqa: F403
 from .nb07_low_rank_intuition import *  # noqa: F403
 from .nb07_low_rank_intuition import _best_rank_r, _low_rank_factor_mistakes  # noqa: F401
 from .nb08_lora_from_scratch import *  # noqa: F403
-from .nb08_lora_from_scratch import _lora_case, _lora_forward, _lora_forward_mistakes, _lora_merge_mistakes  # noqa: F401
+from .nb08_lora_from_scratch import (  # noqa: F401
+    _injected,
+    _injection_reference,
+    _lora_case,
+    _lora_forward,
+    _lora_merge_mistakes,
+)
 from .nb09_lora_in_practice import *  # noqa: F403
 from .nb09_lora_in_practice import _adapter_bytes_mistakes, _adapter_bytes_reference  # noqa: F401
 from .nb10_choosing_a_method import *  # noqa: F403

@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 
 from .core import (
+    _describe,
+    _failed,
     _first_match,
+    _missing,
     check_choice,
     check_function,
 )
@@ -31,9 +35,234 @@ def check_lora_parameter_count(fn) -> bool:
         fn, name="lora_parameters", arg_names=["in_features", "out_features", "r"],
         cases=[(128, 128, 8), (128, 512, 4), (512, 128, 1), (6, 10, 3)], reference=reference, diagnose=mistakes,
         hint="A has shape (r, in_features) and B has shape (out_features, r).",
-        explanation="r·(in + out): 2,048 for a 128×128 projection at r = 8, against 16,384 numbers in its weight.")
+        explanation="r·(in + out): 2,048 for a 128×128 projection at r = 8, so r = 4 on q, k, v and o of our "
+                    "4 blocks trains 16 · 1,024 = 16,384 numbers, and r = 4 on the 4 up_proj layers (128 → 512) "
+                    "4 · 2,560 = 10,240.")
 
 
+# ------------------------------------------------------------------------------- the LoRALinear forward pass
+def _lora_forward(x, weight, bias, lora_A, lora_B, alpha, r, scaling=None, with_bias=True):
+    """x Wᵀ + b + scaling · x Aᵀ Bᵀ, scaling = alpha / r unless given: (..., in) -> (..., out)."""
+    scaling = alpha / r if scaling is None else scaling
+    base = x @ weight.T + (bias if with_bias else 0)  # (..., out)
+    return base + scaling * (x @ lora_A.T @ lora_B.T)  # (..., in) -> (..., r) -> (..., out)
+
+
+FORWARD_ARGS = ["x_shape", "in_features", "out_features", "r", "alpha", "dropout", "training", "merged"]
+FORWARD_CASES = [  # non-square layers, leading batch dimensions, a merged layer, dropout in training mode
+    ((2, 3, 6), 6, 4, 2, 4.0, 0.0, False, False),
+    ((5, 8), 8, 8, 1, 1.0, 0.0, False, False),
+    ((3, 4), 4, 10, 3, 6.0, 0.0, False, True),
+    ((4, 5, 6), 6, 7, 2, 2.0, 0.5, True, False),
+]
+
+
+def _seed_of(case) -> int:
+    return sum(i * v for i, v in enumerate(case[0], start=1)) + 31 * case[1] + 7 * case[2] + case[3]
+
+
+def _built_layer(cls, case):
+    """(layer of class `cls` around a seeded float64 nn.Linear, with A and B filled from the same generator, x)."""
+    x_shape, d_in, d_out, r, alpha, dropout, training, merged = case
+    g = torch.Generator().manual_seed(_seed_of(case))
+    with torch.random.fork_rng(devices=[]):  # LoRALinear's own init draws from the global generator
+        base = nn.Linear(d_in, d_out).double()
+        layer = cls(base, r, alpha, dropout=dropout)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(d_out, d_in, generator=g, dtype=torch.float64))
+        base.bias.copy_(torch.randn(d_out, generator=g, dtype=torch.float64))
+        layer.lora_A.copy_(torch.randn(r, d_in, generator=g, dtype=torch.float64))  # (r, in)
+        layer.lora_B.copy_(torch.randn(d_out, r, generator=g, dtype=torch.float64))  # (out, r): not zero here
+    layer.train(training)
+    if merged:
+        layer.merge()
+    return layer, torch.randn(*x_shape, generator=g, dtype=torch.float64)
+
+
+def _run_layer(cls, *case):
+    """The output of `cls`'s forward on the case's input; dropout masks drawn from a fixed seed."""
+    layer, x = _built_layer(cls, case)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed_of(case))
+        out = layer(x)
+    return out.detach() if isinstance(out, torch.Tensor) else out
+
+
+def _lora_linear_mistakes(case, got):
+    from ..lora import LoRALinear
+
+    if isinstance(got, Exception):
+        return ("mind the shapes: lora_A is (r, in) so x @ lora_A.T is (..., r); lora_B is (out, r) so "
+                "(x @ lora_A.T) @ lora_B.T is (..., out).") if "shape" in str(got) else None
+    _x_shape, _d_in, _d_out, r, alpha, dropout, training, merged = case
+    layer, x = _built_layer(LoRALinear, case)
+    base = layer.base_layer
+    if merged:
+        layer.unmerge()  # W0 again, to build the wrong answers from
+        return _first_match(got, [(_lora_forward(x, base.weight, base.bias, layer.lora_A, layer.lora_B, alpha, r,
+                                                 scaling=2 * alpha / r),
+                                   "the layer is merged: base_layer.weight already holds W0 + (alpha / r) B A, so "
+                                   "adding the branch again counts the update twice. Return the base output "
+                                   "alone when self.merged is True.")])
+    args = (x, base.weight, base.bias, layer.lora_A, layer.lora_B, alpha, r)
+    if training and dropout > 0:
+        return _first_match(got, [(_lora_forward(*args), "in training mode the LoRA branch sees "
+                                                         "self.lora_dropout(x), not x: dropout acts on the input "
+                                                         "of the branch only.")])
+    return _first_match(got, [
+        (x @ base.weight.T + base.bias, "the LoRA branch is missing: add self.scaling · x Aᵀ Bᵀ."),
+        (_lora_forward(*args, scaling=1.0), "the scaling is missing: multiply the branch by self.scaling."),
+        (_lora_forward(*args, scaling=alpha), "you scaled by alpha instead of alpha / r (self.scaling): the update "
+                                              "comes out r times too large (a known bug in several "
+                                              "reimplementations)."),
+        (_lora_forward(*args, scaling=r / alpha), "the scaling is upside down: alpha / r, not r / alpha."),
+        (_lora_forward(*args, scaling=alpha / math.sqrt(r)), "alpha / sqrt(r) is rsLoRA's scaling; use "
+                                                             "self.scaling, here alpha / r."),
+        (_lora_forward(*args, with_bias=False), "the base layer's bias is missing: self.base_layer(x) adds it."),
+    ])
+
+
+def check_lora_linear_forward(forward) -> bool:
+    """08: forward(self, x), the forward pass of a LoRALinear (or a LoRALinear subclass with its own forward),
+    gives the package's output: checked on random layers and inputs, merged and not, with dropout in training."""
+    from ..lora import LoRALinear
+
+    name = "lora_linear_forward"
+    hint = ("result = self.base_layer(x); if self.merged, return it; else add self.scaling * "
+            "(self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T).")
+    if forward is None:
+        return _missing(name, hint)
+    if isinstance(forward, type):
+        if not issubclass(forward, LoRALinear):
+            return _failed(f"`{name}` should be a function forward(self, x) (or a class that subclasses LoRALinear), "
+                           f"got the class {forward.__name__}.", hint)
+        layer_class = forward
+    elif callable(forward):
+        layer_class = type("MyLoRALinear", (LoRALinear,), {"forward": forward})  # the package's layer, your forward
+    else:
+        return _failed(f"`{name}` should be a function forward(self, x), got {_describe(forward)}.", hint)
+    return check_function(
+        lambda *case: _run_layer(layer_class, *case), name=name, arg_names=FORWARD_ARGS, cases=FORWARD_CASES,
+        reference=lambda *case: _run_layer(LoRALinear, *case), diagnose=_lora_linear_mistakes, hint=hint,
+        rtol=1e-9, atol=1e-9,
+        explanation="h = W₀x + b + (alpha / r)·B A dropout(x), and only W₀x + b once merged: the package's "
+                    "output on non-square layers, batches of any shape, a merged layer and dropout in "
+                    "training mode.")
+
+
+# ------------------------------------------------------------------------------ injection into q and v
+INJECTION_ARGS = ["n_layer", "n_embd", "n_head", "r", "alpha"]
+INJECTION_CASES = [(2, 16, 2, 2, 4.0), (1, 8, 1, 1, 1.0), (3, 12, 3, 3, 6.0)]
+INJECTION_TARGETS = ("q_proj", "v_proj")
+
+
+def _small_model(n_layer, n_embd, n_head, seed):
+    from ..model import GPT, GPTConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=16)).double()
+
+
+def _injected(fn, n_layer, n_embd, n_head, r, alpha):
+    """The model `fn(model, r, alpha)` returns, fn run on a small seeded GPT (the global random stream untouched)."""
+    seed = 100 * n_layer + n_embd + r
+    model = _small_model(n_layer, n_embd, n_head, seed)
+    with torch.random.fork_rng(devices=[]):
+        return fn(model, r, alpha)
+
+
+def _probe(model, n_layer, n_embd, n_head, r, alpha):
+    """(logits on random token ids with every LoRALinear's A and B set from a seeded generator, number of
+    trainable numbers, number of LoRALinear layers)."""
+    from ..lora import LoRALinear
+
+    g = torch.Generator().manual_seed(7 * n_layer + n_embd + r)
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=g, dtype=torch.float64))
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g, dtype=torch.float64))
+        idx = torch.randint(0, model.config.vocab_size, (2, 9), generator=g)  # (B, T) token ids
+        logits = model(idx)[0]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return logits, trainable, len(layers)
+
+
+def _injection_reference(*case):
+    from ..lora import LoRAConfig, apply_lora
+
+    def package(model, r, alpha):
+        return apply_lora(model, LoRAConfig(r=r, alpha=alpha, target_modules=INJECTION_TARGETS))
+
+    return _probe(_injected(package, *case), *case)
+
+
+def _injection_mistakes(model, case) -> str | None:
+    """What is wrong with the structure of the student's model, if anything."""
+    from ..lora import LoRALinear
+
+    r, alpha = case[3], case[4]
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    expected = {f"blocks.{i}.attn.{t}" for i in range(case[0]) for t in INJECTION_TARGETS}
+    if not wrapped:
+        return ("no layer of the model is a LoRALinear: build LoRALinear(linear, r, alpha) for each q_proj and "
+                "v_proj and put it in place with setattr(attention_module, 'q_proj', new_layer).")
+    if wrapped != expected:
+        missing, extra = sorted(expected - wrapped), sorted(wrapped - expected)
+        parts = [f"not wrapped: {missing}"] * bool(missing) + [f"wrapped but not targeted: {extra}"] * bool(extra)
+        return f"wrap q_proj and v_proj in every block, nothing else; {'; '.join(parts)}."
+    layers = [model.get_submodule(n) for n in sorted(wrapped)]
+    if any((layer.r, layer.alpha) != (r, alpha) for layer in layers):
+        return f"build each layer as LoRALinear(linear, r, alpha) with the r = {r} and alpha = {alpha} you were given."
+    lora_params = {id(p) for layer in layers for p in (layer.lora_A, layer.lora_B)}
+    if any(not layer.lora_A.requires_grad or not layer.lora_B.requires_grad for layer in layers):
+        return ("A and B are frozen: freeze the model first (model.requires_grad_(False)), then wrap; "
+                "LoRALinear creates A and B trainable.")
+    still = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in lora_params]
+    if still:
+        return (f"{len(still)} pretrained tensors still train, e.g. {still[0]}: call model.requires_grad_(False) "
+                "before wrapping, so that only A and B train.")
+    return None
+
+
+def check_lora_injection(fn) -> bool:
+    """08: fn(model, r, alpha) wraps every q_proj and v_proj in LoRALinear and freezes the rest, like apply_lora."""
+    name = "add_lora_to_q_and_v"
+    hint = ("model.requires_grad_(False); then for each (name, module) of list(model.named_modules()) whose name "
+            "ends in q_proj or v_proj: setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, "
+            "alpha)); return model.")
+    if fn is None:
+        return _missing(name, hint)
+    if not callable(fn) or isinstance(fn, type):
+        return _failed(f"`{name}` should be a function, got {_describe(fn)}.", hint)
+    for case in INJECTION_CASES:  # first the structure: which layers, which parameters train
+        n_layer, n_embd, _n_head, r, alpha = case
+        call = f"{name}(model, r={r}, alpha={alpha:g}) on a {n_layer}-block GPT with n_embd={n_embd}"
+        try:
+            model = _injected(fn, *case)
+        except Exception as err:  # the student's code failed: report it instead of a traceback
+            return _failed(f"{call} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                           hint)
+        if model is None:
+            return _failed(f"{call} returned None: end with `return model`.", hint)
+        if not isinstance(model, nn.Module):
+            return _failed(f"{call} returned {_describe(model)}, not the model.", "end with `return model`.")
+        problem = _injection_mistakes(model, case)
+        if problem:
+            return _failed(f"{call}: {problem}", hint)
+    return check_function(  # then the numbers: the same logits as the package's apply_lora, A and B set alike
+        lambda *case: _probe(_injected(fn, *case), *case)[0], name=f"the logits after {name}",
+        arg_names=INJECTION_ARGS,
+        cases=INJECTION_CASES, reference=lambda *case: _injection_reference(*case)[0], rtol=1e-9, atol=1e-9,
+        hint="the right layers are wrapped, yet the logits differ from apply_lora's: does each LoRALinear wrap "
+             "the very nn.Linear it replaces, with the package's LoRALinear forward?",
+        explanation="the same layers, the same trainable numbers and the same logits as apply_lora(model, "
+                    "LoRAConfig(r, alpha, ('q_proj', 'v_proj'))): every pretrained weight frozen, only A and B "
+                    "train.")
+
+
+# ------------------------------------------------------------------------------------------------- merge
 def _lora_case(batch_shape, d_in, d_out, r, alpha, seed):
     g = torch.Generator().manual_seed(seed)
 
@@ -41,39 +270,6 @@ def _lora_case(batch_shape, d_in, d_out, r, alpha, seed):
         return torch.randn(*shape, generator=g, dtype=torch.float64)
 
     return (rand(*batch_shape, d_in), rand(d_out, d_in), rand(d_out), rand(r, d_in), rand(d_out, r), alpha, r)
-
-
-def _lora_forward(x, weight, bias, lora_A, lora_B, alpha, r, scaling=None, with_bias=True):
-    scaling = alpha / r if scaling is None else scaling
-    base = x @ weight.T + (bias if with_bias else 0)  # (..., out)
-    return base + scaling * (x @ lora_A.T @ lora_B.T)  # (..., in) -> (..., r) -> (..., out)
-
-
-def _lora_forward_mistakes(case, got):
-    x, weight, bias, lora_A, lora_B, alpha, r = case
-    if isinstance(got, Exception):
-        return ("mind the shapes: weight is (out, in) so the base is x @ weight.T; A is (r, in) so x @ A.T is "
-                "(..., r); B is (out, r) so (x @ A.T) @ B.T is (..., out).") if "shape" in str(got) else None
-    return _first_match(got, [
-        (x @ weight.T + bias, "the LoRA branch is missing: add (alpha / r) · x Aᵀ Bᵀ."),
-        (_lora_forward(*case, scaling=1.0), "the scaling alpha / r is missing."),
-        (_lora_forward(*case, scaling=alpha), "you scaled by alpha instead of alpha / r: the update comes out r "
-                                              "times too large (a known bug in several reimplementations)."),
-        (_lora_forward(*case, scaling=r / alpha), "the scaling is upside down: alpha / r, not r / alpha."),
-        (_lora_forward(*case, scaling=alpha / math.sqrt(r)), "alpha / sqrt(r) is rsLoRA's scaling; here use "
-                                                             "the paper's alpha / r."),
-        (_lora_forward(*case, with_bias=False), "the base layer's bias is missing."),
-    ])
-
-
-def check_lora_forward(fn) -> bool:
-    """LoRA: lora_forward(x, weight, bias, lora_A, lora_B, alpha, r) = x Wᵀ + b + (alpha / r) x Aᵀ Bᵀ."""
-    cases = [_lora_case((2, 3), 6, 4, 2, 4.0, 0), _lora_case((5,), 8, 8, 1, 1.0, 1), _lora_case((3,), 4, 10, 3, 6.0, 2)]
-    return check_function(
-        fn, name="lora_forward", arg_names=["x", "weight", "bias", "lora_A", "lora_B", "alpha", "r"], cases=cases,
-        reference=_lora_forward, diagnose=_lora_forward_mistakes,
-        hint="h = x @ weight.T + bias + (alpha / r) * (x @ lora_A.T @ lora_B.T); A is (r, in), B is (out, r).",
-        explanation="h = W₀x + b + (alpha / r)·B A x, right on non-square layers too, where shape bugs hide.")
 
 
 def _lora_merge_mistakes(case, got):
