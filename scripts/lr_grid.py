@@ -10,8 +10,10 @@ the validation columns choose a rate (`compare.choose_rates`); `benchmarks/compa
 chosen rate's test figures over three seeds. Rows are appended to the CSV as runs finish, and a restart skips
 every run already in the file, so an interrupted grid resumes where it stopped.
 
-Running time: about 40 minutes of CPU on two quiet cores (one torch thread; 2026-11-30: 168 runs of 7 to 20 s,
-each with its evaluations), longer on a shared machine. Writes `lora_teach/results/lr_grid.csv` by default.
+Running time: not measured on a quiet machine. On 2026-11-30, on two cores shared with other jobs (load average
+10 to 26), 126 of the 168 runs took about 65 minutes as two and then four processes (one torch thread each),
+50 to 140 s per run per process. Writes `lora_teach/results/lr_grid.csv` by default. Restart every shard at
+the same time with the same n: each shard takes every n-th run of the runs still missing when it starts.
 """
 
 from __future__ import annotations
