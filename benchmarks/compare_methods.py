@@ -213,7 +213,7 @@ def main(argv=None) -> None:
         shard, n_shards = parse_shard(args.shard)
         keys = [(m, t, float(rates[(m, t)]), int(s), int(n)) for t, n in budget.steps.items() for m in methods
                 for s in budget.seeds if (m, t) in rates]
-        mine = [k for k in keys if k not in done][shard::n_shards]
+        mine = [k for k in keys[shard::n_shards] if k not in done]  # a shard owns the same runs whenever it starts
         austen = austen_task()
         for m, t, lr, seed, steps in mine:
             row = run_one(m, t, base, seed, steps, budget.batch_size, lr, austen if t == "shakespeare" else None,

@@ -276,13 +276,22 @@ def read_csv(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def grid_rates(steps: int) -> dict[str, tuple[float, ...]]:
+    """The rates of the grid run at `steps` steps: LR_GRID for the real grid, its first two rates for the
+    reduced grid (`scripts/lr_grid.py --quick`, a few steps)."""
+    return LR_GRID if steps == STEPS else {m: rates[:2] for m, rates in LR_GRID.items()}
+
+
 def complete_blocks(grid_rows: list[dict]) -> set[tuple[str, str]]:
-    """The (method, task) pairs for which the grid has every rate of LR_GRID with every seed of GRID_SEEDS."""
+    """The (method, task) pairs for which the grid has every rate of its grid (`grid_rates`) with every seed of
+    GRID_SEEDS."""
     found: dict[tuple[str, str], set] = {}
+    steps: dict[tuple[str, str], int] = {}
     for r in grid_rows:
         found.setdefault((r["method"], r["task"]), set()).add((float(r["lr"]), int(r["seed"])))
+        steps[(r["method"], r["task"])] = int(r.get("steps") or STEPS)
     return {k for k, runs in found.items() if k[0] in LR_GRID
-            and {(lr, s) for lr in LR_GRID[k[0]] for s in GRID_SEEDS} <= runs}
+            and {(lr, s) for lr in grid_rates(steps[k])[k[0]] for s in GRID_SEEDS} <= runs}
 
 
 def chosen_rates(path: str | Path | None = None) -> dict[tuple[str, str], float]:

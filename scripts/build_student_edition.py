@@ -15,9 +15,10 @@ same indentation; the check that grades it stays outside them:
 The student edition replaces the lines in between by `# YOUR CODE HERE` and `return None` when the solution
 returns (a function's body), else `name = None` for each name the solution assigns at its own level. So the
 checks answer with a ✗ and a hint, and the notebook still runs top to bottom. Also in the student edition:
-every output is cleared, the `# NBVAL_CHECK_OUTPUT` markers are dropped (there are no outputs to compare), and
-the Colab / Binder badges, which open the teacher edition, are replaced by a note, or pointed at `--colab-ref`
-if you publish the student edition on a branch of the repository (with the same `notebooks/` layout).
+every output is cleared, the `# NBVAL_CHECK_OUTPUT` markers and `nbval-check-output` tags are dropped (there
+are no outputs to compare), and the Colab / Binder badges, which open the teacher edition, are replaced by a
+note, or pointed at `--colab-ref` if you publish the student edition on a branch of the repository (with the
+same `notebooks/` layout).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION[ \t]*$")
 END = re.compile(r"^(?P<indent>[ \t]*)# END SOLUTION[ \t]*$")
 STUB = "# YOUR CODE HERE"
 NBVAL_MARK = "# NBVAL_CHECK_OUTPUT"
+NBVAL_TAG = "nbval-check-output"  # the same, as a cell tag
 STUDENT_NOTE = ("*Student edition: the exercises' solutions are removed. To run it on Colab, upload this file "
                 "(File → Upload notebook); its first code cell installs the course.*")
-ANSWER_IN_MARKDOWN = re.compile(r"<details>\s*<summary>\s*answers?", re.I)
 
 
 class SolutionMarkerError(ValueError):
@@ -143,9 +144,12 @@ def student_notebook(nb, *, badge_line: str | None = None) -> tuple[nbformat.Not
                 raise SolutionMarkerError(f"cell {index}: {err}") from None
             solutions += n
             cell.source = "\n".join(line for line in cell.source.split("\n") if line.strip() != NBVAL_MARK)
+            tags = [t for t in cell.metadata.get("tags", []) if t != NBVAL_TAG]  # no outputs left to compare
+            if tags:
+                cell.metadata["tags"] = tags
+            else:
+                cell.metadata.pop("tags", None)
             cell.outputs, cell.execution_count = [], None
-        elif cell.cell_type == "markdown" and ANSWER_IN_MARKDOWN.search(cell.source):
-            warnings.append(f"cell {index}: a <details> answer in markdown is shown to students as it is")
     if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "):
         nb.cells[0].source = with_badges(nb.cells[0].source, badge_line or STUDENT_NOTE)
     nb.metadata.pop("widgets", None)  # widget state of the teacher's run

@@ -32,12 +32,12 @@ from lora_teach import load_base_model
 from lora_teach.compare import (
     GRID_METHODS,
     GRID_SEEDS,
-    LR_GRID,
     RESULTS,
     RUN_FIELDS,
     STEPS,
     TASKS,
     austen_task,
+    grid_rates,
     grid_runs,
     read_csv,
     run_one,
@@ -99,7 +99,7 @@ def main(argv=None) -> Path:
         torch.set_num_threads(threads)
     if args.quick:
         steps, batch_size = 3, 4
-        runs = grid_runs(("prompt",), ("author",), GRID_SEEDS, {m: LR_GRID[m][:2] for m in GRID_METHODS})
+        runs = grid_runs(("prompt",), ("author",), GRID_SEEDS, grid_rates(steps))
     else:
         steps, batch_size = STEPS, 16
         runs = grid_runs(GRID_METHODS, TASKS, GRID_SEEDS)
@@ -107,7 +107,8 @@ def main(argv=None) -> Path:
     finished = done_runs(args.out, steps, batch_size)
     # prompt tuning on the classification tasks first: the placement experiment needs the rates they choose
     runs.sort(key=lambda r: not (r[0] == "prompt" and r[1] != "shakespeare"))  # stable: otherwise in grid order
-    todo = [r for r in runs if (r[0], r[1], float(r[2]), r[3]) not in finished][shard::n_shards]
+    # shard the whole list, then drop what is finished: a shard owns the same runs whenever it starts
+    todo = [r for r in runs[shard::n_shards] if (r[0], r[1], float(r[2]), r[3]) not in finished]
     print(f"{len(runs)} runs in the grid, {len(todo)} of them still to run in shard {args.shard}",
           file=sys.stderr, flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -571,6 +571,73 @@ def test_the_memory_numbers_of_notebook_10_match_the_shipped_results():
         assert round(state, 2) == quoted_state and round(act, 1) == quoted_act
 
 
+# ----------------------------------------------------------------------------------- notebook 12: QLoRA
+def _dequantize_block(packed, absmax, order="high first", scale=True):
+    from lora_teach.quantize import NF4_CODEBOOK
+
+    pair = [packed >> 4, packed & 0xF] if order == "high first" else [packed & 0xF, packed >> 4]
+    levels = NF4_CODEBOOK[torch.stack(pair, dim=1).reshape(-1).long()]
+    return levels * absmax if scale else levels
+
+
+RIGHT.update({
+    "check_nf4_70b_gb": 68_976_648_192 * (4 + 8 / 64 + 32 / (64 * 256)) / 8 / 1e9,
+    "check_dequantize_block": _dequantize_block,
+    "check_zero_level": "b",
+})
+MISTAKES_12 = [
+    ("check_nf4_70b_gb", 68_976_648_192 * 4 / 8 / 1e9, "codes only"),
+    ("check_nf4_70b_gb", 68_976_648_192 * 4.5 / 8 / 1e9, "without double quantisation"),
+    ("check_nf4_70b_gb", 68_976_648_192 * 4.127 / 8 / 2**30, "GiB"),
+    ("check_dequantize_block", lambda p, a: _dequantize_block(p, a, order="low first"), "swapped"),
+    ("check_dequantize_block", lambda p, a: _dequantize_block(p, a, scale=False), "absmax"),
+    ("check_zero_level", "a", "16 levels"),
+    ("check_zero_level", "d", "looked up"),
+]
+
+
+def test_the_dequantize_reference_is_the_packages_nf4_dequantize():
+    from lora_teach.quantize import nf4_dequantize, nf4_quantize
+
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    packed, absmax = nf4_quantize(w)
+    by_block = torch.cat([ex._dequantize_block_reference(packed[32 * i:32 * (i + 1)], absmax[i]) for i in range(4)])
+    assert torch.equal(by_block.view(4, 64), nf4_dequantize(packed, absmax, w.shape))
+
+
+# ------------------------------------------------------------------------------------------------ notebook 11
+def _lora_config(**kwargs):
+    import peft
+
+    return peft.LoraConfig(r=8, lora_alpha=16, **kwargs)
+
+
+LLAMA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RIGHT.update({
+    "check_llama_all_linear": LLAMA_ALL_LINEAR,
+    "check_opt_attention_config": _lora_config(target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
+    "check_fused_qkv_lora": "c",
+})
+
+MISTAKES_11 = [
+    ("check_llama_all_linear", LLAMA_ALL_LINEAR + ["lm_head"], "output head"),
+    ("check_llama_all_linear", [n for n in LLAMA_ALL_LINEAR if n != "gate_proj"], "SiLU"),
+    ("check_llama_all_linear", LLAMA_ALL_LINEAR[:4], "MLP"),
+    ("check_llama_all_linear", ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"], "OPT"),
+    ("check_llama_all_linear", "all-linear", "list of module names"),
+    ("check_opt_attention_config", _lora_config(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+     "does not warn"),
+    ("check_opt_attention_config", _lora_config(target_modules="all-linear"), "fc1"),
+    ("check_opt_attention_config", _lora_config(target_modules=["q_proj", "v_proj"]), "expected q_proj"),
+    ("check_opt_attention_config", _lora_config(target_modules=["q", "k"]), "PEFT refused"),
+    ("check_opt_attention_config", _lora_config(target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+                                                fan_in_fan_out=True), "Conv1D"),
+    ("check_fused_qkv_lora", "a", "share one A"),
+    ("check_fused_qkv_lora", "b", "transposes"),
+    ("check_fused_qkv_lora", "d", "unmerged"),
+]
+
+
 # ------------------------------------------------------------------------------------------------ notebook 13
 def _mixed_from_single(outputs, names):
     return torch.stack([outputs[name][i] for i, name in enumerate(names)])
@@ -633,7 +700,7 @@ def test_the_mixed_batch_reference_is_what_forward_with_adapters_computes():
 
 # every notebook's common mistakes, each with the words its own message must contain
 ALL_MISTAKES = (MISTAKES + MISTAKES_03 + MISTAKES_04 + MISTAKES_05_06 + MISTAKES_07 + MISTAKES_09 + MISTAKES_10
-                + MISTAKES_13)
+                + MISTAKES_11 + MISTAKES_12 + MISTAKES_13)
 
 
 @pytest.mark.parametrize("name,answer,words", ALL_MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(ALL_MISTAKES)])

@@ -374,7 +374,7 @@ def test_layer_refuses_bad_values_before_freezing_the_base(kwargs, error):
 
 
 def test_layer_refuses_a_non_linear():
-    with pytest.raises(TypeError, match="wraps an nn.Linear, got LayerNorm"):
+    with pytest.raises(TypeError, match="wraps an nn.Linear or a frozen quantised linear layer .QLoRA., got LayerNorm"):
         LoRALinear(nn.LayerNorm(4), r=1, alpha=1)
 
 

@@ -213,7 +213,7 @@ def test_dashboard_throttles_redraws(tiny_model):
 
 def test_dashboard_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown method"):
-        W.TrainingDashboard("qlora")
+        W.TrainingDashboard("no-such-method")
     with pytest.raises(TypeError, match="History"):
         W.TrainingDashboard("lora", baselines={"full": [1, 2, 3]})
     with pytest.raises(ValueError, match="smooth"):

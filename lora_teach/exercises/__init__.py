@@ -52,5 +52,8 @@ from .nb09_lora_in_practice import *  # noqa: F403
 from .nb09_lora_in_practice import _adapter_bytes_mistakes, _adapter_bytes_reference  # noqa: F401
 from .nb10_choosing_a_method import *  # noqa: F403
 from .nb10_choosing_a_method import FULL_ACT_MIB, FULL_STATE_MIB, LORA_ACT_MIB, LORA_STATE_MIB  # noqa: F401
+from .nb11_from_our_model_to_hugging_face import *  # noqa: F403
+from .nb12_qlora_from_scratch import *  # noqa: F403
+from .nb12_qlora_from_scratch import _dequantize_block_reference  # noqa: F401
 from .nb13_the_lora_family import *  # noqa: F403
 from .nb13_the_lora_family import _dora_trainable_reference, _mixed_reference  # noqa: F401
