@@ -58,7 +58,7 @@ def badges(repo_url: str, notebook_path: str, ref: str = BRANCH) -> str:
 def setup_cell_source(name: str, repo_url: str, ref: str = BRANCH) -> str:
     """The first code cell of every notebook: on Colab only, install the package and enable widgets."""
     return f'''# Colab only: install the course package from its repository and turn on Colab's widget manager.
-# Anywhere else (locally, on Binder, in CI) this cell does nothing. Written by scripts/sync_notebook_headers.py.
+# Anywhere else (locally or on Binder) this cell does nothing.
 import sys
 
 if "google.colab" in sys.modules:
