@@ -45,6 +45,7 @@ from lora_teach.compare import (  # noqa: E402
     austen_task,
     chosen_rates,
     inference_latency,
+    parse_shard,
     read_csv,
     run_comparison,
     run_key,
@@ -56,17 +57,6 @@ from lora_teach.compare import (  # noqa: E402
 from lora_teach.plotting import method_style, use_course_style  # noqa: E402
 
 OUT = RESULTS  # package data: Colab has it too
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n), 0 <= i < n."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
-    return i, n
 
 
 def append_row(path: Path, row: dict) -> None:

@@ -276,6 +276,17 @@ def read_csv(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n): this process runs every n-th run of the list, starting at run i (0 <= i < n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
 def grid_rates(steps: int) -> dict[str, tuple[float, ...]]:
     """The rates of the grid run at `steps` steps: LR_GRID for the real grid, its first two rates for the
     reduced grid (`scripts/lr_grid.py --quick`, a few steps)."""

@@ -39,6 +39,7 @@ from lora_teach.compare import (
     austen_task,
     grid_rates,
     grid_runs,
+    parse_shard,
     read_csv,
     run_one,
 )
@@ -70,17 +71,6 @@ def append_row(path: Path, row: dict, fields=FIELDS) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n): this process runs every n-th run of the list, starting at run i (0 <= i < n)."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
-    return i, n
 
 
 def main(argv=None) -> Path:
