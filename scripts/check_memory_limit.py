@@ -18,9 +18,11 @@ shared libraries mapped but never read and glibc's 64 MB per-thread malloc arena
 one thread, each cell twice: notebook 02 peaked at 929 MB resident but 2047 MiB of address space (it grazed a
 2 GiB RLIMIT_AS), notebook 08 at 766 MB resident, 1882 MiB of address space. A 2 GiB address-space limit sits
 at the edge of failing notebooks that use less than half of Binder's memory: not an honest check, and one more
-thread could tip it. The kernel's peak RSS is honest: ru_maxrss is
-the high-water mark the Linux kernel itself keeps for the process (no sampling gap), read in the notebook's
-kernel at the end exactly as scripts/notebook_budget.py does (RUSAGE_CHILDREN covers any child processes).
+thread could tip it. The kernel's peak RSS is honest: VmHWM is
+the high-water mark the Linux kernel itself keeps for the process's memory (no sampling gap), read in the
+notebook's kernel at the end (RUSAGE_CHILDREN covers any child processes). Not the kernel's own ru_maxrss:
+Linux carries that across exec from the process that forked the kernel, so a kernel started from a large
+process (pytest after many tests) would report the parent's size.
 --address-space-mb still sets an RLIMIT_AS, for experiments. CUDA is hidden from the kernel
 (CUDA_VISIBLE_DEVICES=""): Binder has no GPU.
 """
@@ -120,8 +122,8 @@ def run(path: Path, budget_mb: int, twice: bool = True, timeout: int = 900, git_
                 row["problems"].append(f"second run of {cell} broke: {ename}: {evalue[:200]}")
     probes = [c for c in nb.cells[-2:] if c.get("outputs")]
     if len(probes) == 2:
-        row["peak_rss_mb"] = round(int(probes[0].outputs[0]["text"].strip()) / 1024)  # ru_maxrss is in KiB
         memory = json.loads(probes[1].outputs[0]["text"])  # {"VmPeak", "VmHWM", "children"}, KiB
+        row["peak_rss_mb"] = round(memory["VmHWM"] / 1024)  # this process's own high-water mark (see above)
         row["children_peak_rss_mb"] = round(memory["children"] / 1024)
         row["peak_address_space_mb"] = round(memory["VmPeak"] / 1024)
         peak = max(row["peak_rss_mb"], row["children_peak_rss_mb"])
