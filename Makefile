@@ -38,13 +38,18 @@ sweep: setup-dev
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-# Editions of the course (docs/WORKSHOP.md): both write into build/, which git ignores.
-#   make student  the student edition: every solution replaced by a `# YOUR CODE HERE` stub, checks kept
+# Editions of the course (docs/WORKSHOP.md), built from notebooks/ (the learner's edition, with each solution
+# folded under its exercise); all write into build/, which git ignores.
+#   make teacher  solutions filled in between nbgrader's `### BEGIN SOLUTION` markers (an nbgrader source)
+#   make student  the folded solutions removed, for a class that gets the solutions later
 #   make html     the static HTML edition (nbconvert), figures in place of widgets
-.PHONY: student html
+.PHONY: teacher student html
+
+teacher: setup
+	$(BIN)/python scripts/build_editions.py teacher
 
 student: setup
-	$(BIN)/python scripts/build_student_edition.py
+	$(BIN)/python scripts/build_editions.py student
 
 html: setup
 	$(BIN)/python scripts/build_html.py

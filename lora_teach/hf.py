@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from .lora import LoRALinear, lora_layers
+from .lora import DEFAULT, LoRALinear, lora_layers
 from .model import GPT, GPTConfig, read_safetensors
 from .tokenizer import VOCAB, CharTokenizer
 
@@ -255,6 +255,10 @@ def save_peft_adapter(model: nn.Module, path: str | Path, architecture: str = "o
     merged = [n for n, m in layers.items() if m.merged]
     if merged:
         raise ValueError(f"LoRA layers {merged} are merged into the base weights; unmerge_lora(model) first")
+    off = [n for n, m in layers.items() if DEFAULT in m.disabled_adapters]
+    if off:
+        raise ValueError(f"the adapter {DEFAULT!r} is switched off in {off}; the file would load switched on: "
+                         f"call enable_adapter_by_name(model, {DEFAULT!r}) first")
     settings = {n: (m.r, m.alpha, m.use_rslora, _dropout(m)) for n, m in layers.items()}
     if len(set(settings.values())) > 1:
         raise ValueError(f"save_peft_adapter expects one r, alpha, use_rslora and dropout for all layers, "

@@ -11,12 +11,14 @@ The family, each a small step on the same layer, named as in PEFT 0.21:
 - PiSSA (Meng et al., 2024): `LoRAConfig(init_lora_weights="pissa")`, A and B from the top-r singular triplets of
   W0, the base keeps the residual.
 - LoRA+ (Hayou et al., 2024): `loraplus_param_groups` / `create_loraplus_optimizer`, B learns ratio times faster.
-- Several named adapters beside the default one (`add_adapter`, `set_adapter`, `delete_adapter`) and a batch in
+- Several named adapters beside the default one (`add_adapter`, `set_adapter`, `delete_adapter`), each switched
+  off and on by name (`disable_adapter_by_name`, `enable_adapter_by_name`, `disabled_adapters`), and a batch in
   which each row uses its own adapter (`forward_with_adapters`, PEFT's `adapter_names`).
 
 Layer:  `LoRALinear` (wraps an nn.Linear kept as `base_layer`, like PEFT), with `merge()` / `unmerge()`.
 Model:  `LoRAConfig`, `apply_lora`, `mark_only_lora_as_trainable`, `lora_state_dict`, `merge_lora`,
-        `unmerge_lora`, `merge_and_unload`, `disable_adapter`, `save_adapter` / `load_adapter`.
+        `unmerge_lora`, `merge_and_unload`, `disable_adapter`, `save_adapter` / `load_adapter`; by name:
+        `add_adapter`, `set_adapter`, `delete_adapter`, `disable_adapter_by_name`, `enable_adapter_by_name`.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update: h = base(x) + scaling * dropout(x) A^T B^T.
 
     The default adapter lives in `lora_A` / `lora_B` (plus `lora_magnitude` with DoRA); named adapters added with
-    `add_named_adapter` live beside it in dictionaries keyed by name, and `active_adapter` says which one runs."""
+    `add_named_adapter` live beside it in dictionaries keyed by name, and `active_adapter` says which one runs;
+    an adapter named in `disabled_adapters` contributes nothing until it is enabled again."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False,
                  use_dora: bool = False, init_lora_weights: bool | str = True):
@@ -125,6 +128,7 @@ class LoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False  # True while the active adapter is folded into base_layer.weight
         self.disabled = False  # True inside disable_adapter(): the layer behaves as the base layer
+        self.disabled_adapters: set[str] = set()  # switched off by name (disable_adapter_by_name): add nothing
         self.active_adapter = DEFAULT
         self._row_adapters = None  # a list of adapter names, one per batch row, inside forward_with_adapters
         self.use_dora, self.init_lora_weights = use_dora, init_lora_weights
@@ -221,6 +225,7 @@ class LoRALinear(nn.Module):
                       self.lora_dropout_by_name, self.scaling_by_name, self.r_by_name):
             if name in store:
                 del store[name]
+        self.disabled_adapters.discard(name)
 
     # ---------------------------------------------------------------------------------------- merge, forward
     def get_delta_weight(self, adapter_name: str = DEFAULT) -> torch.Tensor:
@@ -243,6 +248,9 @@ class LoRALinear(nn.Module):
         if self.merged:
             return
         name = self.active_adapter
+        if name in self.disabled_adapters:
+            raise ValueError(f"adapter {name!r} is disabled, so merging it would switch it back on; "
+                             f"enable_adapter_by_name(model, {name!r}) first, or set_adapter(model, another)")
         if name == DEFAULT and not self.use_dora:
             self.base_layer.weight += self.get_delta_weight()
             self.merged = True
@@ -303,8 +311,8 @@ class LoRALinear(nn.Module):
             raise ValueError(f"adapter_names has {len(names)} entries for a batch of {x.shape[0]} rows; "
                              "give one name per row")
         for name in dict.fromkeys(names):  # each adapter once, on its rows only
-            if name == BASE_ROW or name not in self.adapter_names():
-                continue
+            if name == BASE_ROW or name in self.disabled_adapters or name not in self.adapter_names():
+                continue  # these rows keep the base output
             rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=x.device)
             result[rows] = self._adapter_output(x[rows], result[rows], name)
         return result
@@ -315,6 +323,8 @@ class LoRALinear(nn.Module):
             return result
         if self._row_adapters is not None:
             return self._mixed_forward(x, result, self._row_adapters)
+        if self.active_adapter in self.disabled_adapters:
+            return result
         if self.active_adapter != DEFAULT or self.use_dora:
             return self._adapter_output(x, result, self.active_adapter)
         update = self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T  # (..., in) -> (..., r) -> (..., out)
@@ -327,6 +337,8 @@ class LoRALinear(nn.Module):
             text += ", use_dora=True"
         if self.init_lora_weights is not True:
             text += f", init_lora_weights={self.init_lora_weights!r}"
+        if self.disabled_adapters:
+            text += f", disabled_adapters={[n for n in self.adapter_names() if n in self.disabled_adapters]}"
         return text
 
 
@@ -423,10 +435,13 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
 
 
 def mark_only_lora_as_trainable(model: nn.Module) -> nn.Module:
-    """Set requires_grad on the active adapter's A and B (and DoRA magnitude) only, everything else frozen."""
+    """Set requires_grad on the active adapter's A and B (and DoRA magnitude) only, everything else frozen; a
+    disabled active adapter stays frozen too (disable_adapter_by_name)."""
     layers = _require_lora(model)
     model.requires_grad_(False)
     for layer in layers.values():
+        if layer.active_adapter in layer.disabled_adapters:
+            continue
         if layer.active_adapter == DEFAULT:
             layer.lora_A.requires_grad_(True)
             layer.lora_B.requires_grad_(True)
@@ -460,8 +475,11 @@ def lora_state_dict(model: nn.Module, adapter_name: str = DEFAULT) -> dict[str, 
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRA layer (idempotent): inference then costs exactly what the base model costs."""
-    for layer in _require_lora(model).values():
+    """Merge every LoRA layer (idempotent): inference then costs exactly what the base model costs. Refused
+    while the active adapter is disabled (merging would switch it back on)."""
+    layers = _require_lora(model)
+    _check_active_enabled(model, "merging")
+    for layer in layers.values():
         layer.merge()
     return model
 
@@ -474,8 +492,11 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge, then put plain nn.Linear layers (with the merged weights) back in place of the LoRA layers."""
-    for name, layer in _require_lora(model).items():
+    """Merge, then put plain nn.Linear layers (with the merged weights) back in place of the LoRA layers.
+    Refused while the active adapter is disabled, before any change."""
+    layers = _require_lora(model)
+    _check_active_enabled(model, "merge_and_unload")
+    for name, layer in layers.items():
         layer.merge()
         _replace(model, name, layer.base_layer)
     return model
@@ -483,7 +504,8 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def disable_adapter(model: nn.Module):
-    """Run the base model inside the block: LoRA layers are switched off (merged ones unmerged, then re-merged)."""
+    """Run the base model inside the block: LoRA layers are switched off (merged ones unmerged, then re-merged).
+    All adapters at once, as PEFT's disable_adapter(); disable_adapter_by_name switches off one, until enabled."""
     layers = _require_lora(model)
     merged = [layer for layer in layers.values() if layer.merged]
     for layer in merged:
@@ -522,6 +544,62 @@ def _check_unmerged(model: nn.Module, action: str) -> None:
     merged = [name for name, layer in lora_layers(model).items() if layer.merged]
     if merged:
         raise ValueError(f"LoRA layers {merged} are merged; call unmerge_lora(model) before {action}")
+
+
+def _check_active_enabled(model: nn.Module, action: str) -> None:
+    off = sorted({layer.active_adapter for layer in lora_layers(model).values()
+                  if layer.active_adapter in layer.disabled_adapters})
+    if off:
+        raise ValueError(f"the active adapter {off[0]!r} is disabled; enable_adapter_by_name(model, {off[0]!r}) "
+                         f"before {action}, or set_adapter(model, another)")
+
+
+def disabled_adapters(model: nn.Module) -> list[str]:
+    """The adapters switched off by disable_adapter_by_name, in the order of adapter_names(model)."""
+    off = set().union(*(layer.disabled_adapters for layer in _require_lora(model).values()))
+    return [name for name in adapter_names(model) if name in off]
+
+
+def disable_adapter_by_name(model: nn.Module, adapter_name: str) -> nn.Module:
+    """Switch adapter `adapter_name` off, whether active or not, until enable_adapter_by_name: it adds nothing to
+    any forward pass and its tensors are frozen (as PEFT freezes the adapters it disables). Return model.
+
+    - As the active adapter, the model runs the base; set_adapter may still make it active, and it stays off.
+    - In forward_with_adapters, the rows that name it run the base, as '__base__' rows do (and as every row does
+      inside disable_adapter()): switching an adapter off never needs the request list rewritten.
+    - merge_lora and merge_and_unload refuse while the active adapter is disabled, save_adapter while 'default'
+      is; delete_adapter forgets the switch with the adapter.
+    Refused while merged (unmerge_lora first) and inside a disable_adapter() block (which re-merges on exit).
+    Disabling a disabled adapter does nothing. PEFT switches all adapters at once (disable_adapter(),
+    disable_adapter_layers()); switching one by name is this course's."""
+    layers = _require_lora(model)
+    _check_known(model, adapter_name)
+    _check_unmerged(model, "disabling an adapter")
+    if any(layer.disabled for layer in layers.values()):
+        raise ValueError("inside a disable_adapter(model) block every adapter is off already, and merged layers "
+                         "are merged again on exit; call disable_adapter_by_name after the block")
+    for layer in layers.values():
+        if adapter_name in layer.adapter_names():
+            layer.disabled_adapters.add(adapter_name)
+            for p in layer.adapter_parameters(adapter_name):
+                p.requires_grad_(False)
+    return model
+
+
+def enable_adapter_by_name(model: nn.Module, adapter_name: str) -> nn.Module:
+    """Switch a disabled adapter back on, exactly as it was (the tensors never changed); the active adapter is
+    trainable again, as set_adapter makes it. Refused while merged; enabling an enabled adapter does nothing.
+    Return model."""
+    layers = _require_lora(model)
+    _check_known(model, adapter_name)
+    _check_unmerged(model, "enabling an adapter")
+    for layer in layers.values():
+        if adapter_name in layer.disabled_adapters:
+            layer.disabled_adapters.discard(adapter_name)
+            if layer.active_adapter == adapter_name:
+                for p in layer.adapter_parameters(adapter_name):
+                    p.requires_grad_(True)
+    return model
 
 
 def add_adapter(model: nn.Module, adapter_name: str, config: LoRAConfig) -> nn.Module:
@@ -588,7 +666,8 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
 def forward_with_adapters(model: nn.Module, idx: torch.Tensor, adapter_names: list[str]):
     """model(idx) in which row i of the batch runs adapter adapter_names[i] ('__base__': no adapter), as PEFT's
     `model(..., adapter_names=[...])` does at inference. The model must be in eval mode and unmerged. DoRA
-    adapters are allowed here (PEFT 0.21 refuses them in a mixed batch); each row equals its adapter merged."""
+    adapters are allowed here (PEFT 0.21 refuses them in a mixed batch); each row equals its adapter merged.
+    A row naming a disabled adapter (disable_adapter_by_name) runs the base model, as a '__base__' row does."""
     layers = _require_lora(model)
     known = _known_adapters(model)
     if not isinstance(adapter_names, (list, tuple)):
@@ -678,7 +757,11 @@ def _adapter_config(model: nn.Module) -> dict:
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
     """Write the default adapter only to directory `path`, as two files named by ADAPTER_WEIGHTS (safetensors)
-    and ADAPTER_CONFIG (JSON); no pickle. With DoRA the magnitudes are saved too; PiSSA is refused."""
+    and ADAPTER_CONFIG (JSON); no pickle. With DoRA the magnitudes are saved too; PiSSA is refused, and so is a
+    disabled default adapter (the file holds weights, not the switch: it would load switched on)."""
+    if DEFAULT in disabled_adapters(model):
+        raise ValueError(f"the {DEFAULT!r} adapter is disabled, and a saved adapter would load switched on; "
+                         f"enable_adapter_by_name(model, {DEFAULT!r}) before save_adapter")
     config = _adapter_config(model)
     tensors = {k: v.cpu().contiguous() for k, v in lora_state_dict(model).items()}
     path = Path(path)

@@ -57,11 +57,14 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, schedule: str) -> float
 
 def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: int = 32, weight_decay: float = 0.0,
           warmup: int = 0, schedule: str = "constant", grad_clip: float | None = 1.0, seed: int = SEED,
-          eval_every: int | None = None, eval_task=None, progress: bool = True, callback=None) -> History:
+          eval_every: int | None = None, eval_task=None, eval_at_start: bool = False, progress: bool = True,
+          callback=None) -> History:
     """Train the parameters of `model` that require grad with AdamW on `task.train_batch` batches.
 
     `model(x, y, loss_mask=mask)` must return (logits, loss). Every `eval_every` steps (and at the end)
-    `eval_task.evaluate(model)` (default: `task`) is recorded. `callback(step, loss, history)` runs after
+    `eval_task.evaluate(model)` (default: `task`) is recorded. With `eval_at_start=True` it is also recorded
+    before the first step, as step 0 (and then at the end even without `eval_every`), so a curve starts from
+    the untrained model; it changes nothing else about the run. `callback(step, loss, history)` runs after
     each step, e.g. for a live plot. Returns the History."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -71,17 +74,21 @@ def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: in
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if grad_clip is not None and (not isinstance(grad_clip, Real) or isinstance(grad_clip, bool) or grad_clip < 0):
         raise ValueError(f"grad_clip must be None or 0 (no clipping) or a number > 0, got {grad_clip!r}")
+    if not isinstance(eval_at_start, bool):
+        raise ValueError(f"eval_at_start must be True or False, got {eval_at_start!r}")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters (none has requires_grad=True)")
+    eval_task = eval_task or task
+    hist = History()
+    if eval_at_start:  # before seeding, so that the run is the same with or without it
+        hist.evals.append((0, eval_task.evaluate(model)))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     device = params[0].device
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    eval_task = eval_task or task
-    hist = History()
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(steps), disable=not progress, desc="training", leave=False)
@@ -104,7 +111,7 @@ def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: in
         if callback is not None:
             callback(step + 1, hist.loss[-1], hist)
     hist.seconds = time.perf_counter() - start
-    if eval_every:
+    if eval_every or eval_at_start:
         hist.evals.append((steps, eval_task.evaluate(model)))
     model.eval()
     return hist

@@ -10,10 +10,11 @@ the validation columns choose a rate (`compare.choose_rates`); `benchmarks/compa
 chosen rate's test figures over three seeds. Rows are appended to the CSV as runs finish, and a restart skips
 every run already in the file, so an interrupted grid resumes where it stopped.
 
-Running time: not measured on a quiet machine. On 2026-11-30, on two cores shared with other jobs (load average
-10 to 26), 126 of the 168 runs took about 65 minutes as two and then four processes (one torch thread each),
-50 to 140 s per run per process. Writes `lora_teach/results/lr_grid.csv` by default. Restart every shard at
-the same time with the same n: each shard takes every n-th run of the runs still missing when it starts.
+Running time: on two quiet CPU cores, as two processes (one torch thread each), about 19 s per run per process
+(the last 42 runs took 6.7 minutes), so the 168 runs take about 27 minutes. (On a machine shared with other jobs,
+load average 10 to 26, the first 126 runs took about 65 minutes, 50 to 140 s per run per process.) Writes
+`lora_teach/results/lr_grid.csv` by default. Restart every shard at the same time with the same n: each shard
+takes every n-th run of the runs still missing when it starts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Why soft prompts fail in this causal model: the same virtual tokens before the passage or after it.
 
-    python scripts/prompt_placement.py           # 2 tasks x 2 placements x 2 losses x 3 seeds, 600 steps each
+    python scripts/prompt_placement.py           # 2 tasks x 2 placements x 2 losses x 3 seeds, 400 steps each
     python scripts/prompt_placement.py --quick   # author task, label loss, one seed, 4 steps (as in the tests)
     python scripts/prompt_placement.py --tasks author   # the author task only
 
@@ -8,11 +8,13 @@
 for prompt tuning on that task (`lora_teach/results/lr_grid.csv`, validation only), batch 16:
 - placement "before": in front of the passage (prompt tuning); "after": between the passage and " => ";
 - loss "label": on the whole label word; "decision": on its first character only, the one that decides;
-- steps: evaluated on the test split at 150 steps (the comparison's budget), 300, 450 and 600 (4x). The
-  schedule is constant, so the evaluation at 150 steps is the same model a 150-step run ends with.
+- steps: evaluated on the test split at 100 steps (the comparison's budget, `compare.STEPS`), 200, 300 and 400
+  (4x). The schedule is constant, so the evaluation at 100 steps is the same model a 100-step run ends with.
 Rows (one per run and evaluation step) are appended to `lora_teach/results/prompt_placement.csv` as runs
 finish; a restart skips finished runs. Running time: not measured on a quiet machine; on 2026-11-30, on two
-cores shared with other jobs, 290 to 430 s per 400-step run (7 of the 12 author runs in about 47 minutes).
+cores shared with other jobs (load average 4 to 14), 130 to 290 s per 400-step run. The shipped CSV holds the
+12 author-task runs and the 6 sentence-task runs with the label loss; the sentence task's decision-loss runs
+were not run (a restart would add them).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from repo_scripts import load_script
@@ -58,6 +59,49 @@ def test_the_quick_comparison_writes_both_timing_files(quick_comparison):
     assert all(float(r["step_ms"]) > 0 for r in steps)
     shipped = _rows(SHIPPED / "training_step_times.csv")
     assert {(r["method"], r["task"]) for r in shipped} == {(m, t) for m in METHODS for t in ("shakespeare", "author")}
+
+
+@pytest.fixture(scope="module")
+def quick_family(tmp_path_factory):
+    """benchmarks/lora_family.py --quick, whose temporary directory (it takes no --out then) is one of pytest's."""
+    out = tmp_path_factory.mktemp("lora_family")
+    script = _script("lora_family")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(script, "tempfile", SimpleNamespace(mkdtemp=lambda prefix="": str(out)))
+        assert script.main(["--quick"]) == 0
+    return out
+
+
+def test_the_quick_lora_family_runs_the_grid_and_the_summary_with_the_shipped_counts(quick_family):
+    grid = _rows(quick_family / "lora_family_grid.csv")
+    variants = ["LoRA", "DoRA", "LoRA+"]
+    assert [r["variant"] for r in grid] == [v for v in variants for _ in range(3)]
+    for v in variants:  # two rates on the first seed, the better one on the second
+        runs = [(float(r["lr"]), int(r["seed"])) for r in grid if r["variant"] == v]
+        assert runs[:2] == [(1e-3, 1337), (3e-3, 1337)] and runs[2][1] == 1338 and runs[2][0] in (1e-3, 3e-3)
+    assert all(r["task"] == "author" and r["steps"] == "3" and float(r["wall_s"]) > 0 for r in grid)
+    summary = _rows(quick_family / "lora_family_summary.csv")
+    assert [r["variant"] for r in summary] == ["base"] + variants
+    shipped = {(r["variant"], r["task"]): r for r in _rows(SHIPPED / "lora_family_summary.csv")}
+    for r in summary:
+        assert r["trainable"] == shipped[(r["variant"], "author")]["trainable"], r["variant"]
+        assert 0.0 <= float(r["test_min"]) <= float(r["test"]) <= float(r["test_max"]) <= 1.0
+        assert int(r["seeds"]) == (1 if r["variant"] == "base" else 2)
+
+
+def test_the_quick_lora_family_writes_the_timing_serving_and_dora_files(quick_family):
+    timing = _rows(quick_family / "lora_family_timing.csv")
+    shipped = _rows(SHIPPED / "lora_family_timing.csv")
+    assert [(r["what"], r["variant"]) for r in timing] == [(r["what"], r["variant"]) for r in shipped]
+    assert all(float(r["ms"]) > 0 and float(r["ratio"]) > 0 for r in timing)
+    serving = _rows(quick_family / "lora_family_serving.csv")
+    assert [r["how"] for r in serving] == ["mixed batch", "merge per request"]
+    assert all(float(r["ms"]) > 0 and float(r["max_abs_diff_logits"]) < 1e-3 for r in serving)
+    dora = _rows(quick_family / "dora_magnitude_direction.csv")
+    layers = list(dict.fromkeys(r["layer"] for r in _rows(SHIPPED / "dora_magnitude_direction.csv")))
+    assert [(r["method"], r["layer"], r["step"]) for r in dora] == [
+        (m, layer, str(step)) for m in ("full", "LoRA", "DoRA") for step in (1, 2, 3) for layer in layers]
+    assert all(float(r["delta_m"]) >= 0 and float(r["delta_d"]) >= 0 for r in dora)
 
 
 def test_the_lora_performance_benchmark_reports_every_figure_of_the_readme(tmp_path):

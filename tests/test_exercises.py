@@ -57,16 +57,14 @@ def _prefix_attention(q, k, v, prefix_k, prefix_v, causal=True, see_prefix=True)
 RIGHT = {
     "check_weights_megabytes": 834_560 * 4 / 1e6,
     "check_linear_weight_shape": (512, 128),
-    "check_always_austen_accuracy": 1 / 3,
+    "check_always_austen_accuracy": 200 / 300,
     "check_block_parameters": lambda d: 12 * d * d + 13 * d,
-    "check_largest_share": "c",
+    "check_frozen_mlp_share": (834_560 - 264_192 - 262_656) / 834_560,
     "check_shakespeare_gap": "c",
     "check_adamw_memory_gb": 2.0,
     "check_training_bytes": lambda m: training_memory(m)["total"],
     "check_halved_batch": "b",
-    "check_why_forgetting": "c",
-    "check_adapter_parameter_count": lambda d, m: 2 * m * d + d + m,
-    "check_prefix_parameter_count": lambda n_layer, p, d: 2 * n_layer * p * d,
+    "check_less_forgetting": "c",
     "check_prepend_virtual_tokens": lambda v, x: torch.cat([v.expand(x.shape[0], -1, -1), x], dim=1),
     "check_prefix_attention": _prefix_attention,
     "check_lora_parameter_count": lambda i, o, r: r * (i + o),
@@ -81,10 +79,13 @@ MISTAKES = [
     ("check_weights_megabytes", 834_560 * 4 / 2**20, "MiB"),
     ("check_weights_megabytes", 834_560 / 1e6, "4 bytes"),
     ("check_linear_weight_shape", (128, 512), "(in_features, out_features)"),
-    ("check_always_austen_accuracy", 33.3, "percentage"),
+    ("check_always_austen_accuracy", 66.7, "percentage"),
+    ("check_always_austen_accuracy", 1 / 3, "balanced split"),
     ("check_block_parameters", lambda d: 12 * d * d + 9 * d, "layer norms"),
     ("check_block_parameters", lambda d: 12 * d * d + 4 * d, "biases"),
-    ("check_largest_share", "b", "attention projections come second"),
+    ("check_frozen_mlp_share", (264_192 + 262_656) / 834_560, "the share you froze"),
+    ("check_frozen_mlp_share", (834_560 - 264_192) / 834_560, "freeze both"),
+    ("check_frozen_mlp_share", 36.9, "percentage"),
     ("check_shakespeare_gap", "a", "vocabulary"),
     ("check_adamw_memory_gb", 0.5, "only the weights"),
     ("check_adamw_memory_gb", 1.5, "two moments"),
@@ -93,10 +94,8 @@ MISTAKES = [
     ("check_training_bytes", lambda m: 16 * sum(p.numel() for p in m.parameters() if p.requires_grad),
      "frozen weights still sit in memory"),
     ("check_halved_batch", "a", "whatever the batch size"),
-    ("check_why_forgetting", "b", "learning rate"),
-    ("check_adapter_parameter_count", lambda d, m: 2 * m * d, "biases"),
-    ("check_prefix_parameter_count", lambda n_layer, p, d: p * d, "prompt tuning"),
-    ("check_prefix_parameter_count", lambda n_layer, p, d: n_layer * p * d, "key AND a value"),
+    ("check_less_forgetting", "b", "changes no weight"),
+    ("check_less_forgetting", "a", "more steps"),
     ("check_prepend_virtual_tokens", lambda v, x: torch.cat([v, x], dim=1), "expand"),
     ("check_prepend_virtual_tokens", lambda v, x: torch.cat([x, v.expand(x.shape[0], -1, -1)], dim=1), "in front"),
     ("check_prefix_attention", lambda q, k, v, pk, pv: _prefix_attention(q, k, v, pk, pv, causal=False),
@@ -130,9 +129,9 @@ MISTAKES = [
     ("check_lora_merge", lambda w, a, b, alpha, r: w - (alpha / r) * (b @ a), "unmerging"),
 ]
 
-# answers a student might leave or type by accident: each must get a ✗ with a hint, never an exception
-GARBAGE = [None, "x", 3, -1.5, float("nan"), True, [1, 2], (1,), torch.zeros(3), object(),
-           lambda *args: 1 / 0, lambda *args: None, lambda *args: "text", lambda *args: torch.zeros(2, 2)]
+# answers a student might type by accident: each must get a ✗ with a hint, never an exception
+GARBAGE = ["x", 3, -1.5, float("nan"), True, [1, 2], (1,), torch.zeros(3), object(),
+           lambda *args: 1 / 0, lambda *args: "text", lambda *args: torch.zeros(2, 2)]
 
 
 def test_every_check_has_a_right_answer_in_this_file():
@@ -147,10 +146,21 @@ def test_the_right_answer_passes_with_a_tick(name, capsys):
 
 
 @pytest.mark.parametrize("name", CHECKS)
-def test_the_student_stub_fails_with_a_hint(name, capsys):
+def test_an_unanswered_exercise_waits_without_a_tick_a_cross_or_a_hint(name, capsys):
+    """The learner's edition opens with every answer None: the check says what to replace, nothing more."""
     assert getattr(ex, name)(None) is False
     out = capsys.readouterr().out
-    assert out.startswith("✗ ") and "None" in out and "\n  Hint: " in out
+    assert out.startswith("… ") and "not answered yet" in out and out.count("\n") == 1
+    assert "✓" not in out and "✗" not in out and "Hint" not in out
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_a_function_returning_none_waits_or_fails_never_raises(name, capsys):
+    """The stub `return None` of a function exercise waits; where a function is not the answer it is a ✗."""
+    assert getattr(ex, name)(lambda *args: None) is False
+    out = capsys.readouterr().out
+    assert out.startswith(("… ", "✗ ")) and "✓" not in out and "Traceback" not in out
+    assert ("not written yet" in out) == out.startswith("… ")
 
 
 @pytest.mark.parametrize("name", CHECKS)
@@ -166,7 +176,17 @@ def test_a_stub_function_gets_the_replace_return_none_message(capsys):
         return None
 
     assert ex.check_block_parameters(block_parameters) is False
-    assert "returned None: replace `return None`" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("… `block_parameters` is not written yet") and "Replace `return None`" in out
+
+
+def test_a_function_that_returns_none_only_later_is_a_cross(capsys):
+    def block_parameters(d):
+        return 12 * d * d + 13 * d if d == 8 else None
+
+    assert ex.check_block_parameters(block_parameters) is False
+    out = capsys.readouterr().out
+    assert out.startswith("✗ ") and "every path of your function must return" in out
 
 
 def test_the_forward_exercise_also_takes_a_lora_linear_subclass(capsys):
@@ -293,21 +313,52 @@ def test_a_check_leaves_the_random_stream_alone(name):
 # ------------------------------------------------------------------------ notebooks 05 and 06 (prompt, P-tuning)
 RIGHT.update({
     "check_t5_prompt_numbers": 100 * 4096,
-    "check_prompt_activation_memory": "c",
-    "check_label_logit_position": "d",
-    "check_p_tuning_kept_numbers": 20 * 128,
-    "check_why_prompt_encoder": "b",
+    "check_prompt_activation_ratio": (78 + 40) / (78 + 20),
+    "check_spliced_logit_position": 12 + 62,
+    "check_p_tuning_kept_numbers": 30 * 768,
+    "check_forward_lstm_moved": 20 - 7,
 })
 
 MISTAKES_05_06 = [
     ("check_t5_prompt_numbers", 100, "vector of d numbers"),
     ("check_t5_prompt_numbers", 2 * 24 * 100 * 4096, "prefix tuning"),
-    ("check_prompt_activation_memory", "b", "optimizer"),
-    ("check_label_logit_position", "a", "P19"),
-    ("check_p_tuning_kept_numbers", 234_240, "encoder's parameter count"),
-    ("check_p_tuning_kept_numbers", 20, "vector of d numbers"),
-    ("check_why_prompt_encoder", "c", "inference costs the same"),
+    ("check_prompt_activation_ratio", 2, "trainable numbers grow"),
+    ("check_prompt_activation_ratio", 1, "every position"),
+    ("check_spliced_logit_position", 12 + 63, "one position before it"),
+    ("check_spliced_logit_position", 15 + 62, "section 4's template"),
+    ("check_spliced_logit_position", 62, "before splicing"),
+    ("check_spliced_logit_position", 83, "first character of ` => `"),
+    ("check_p_tuning_kept_numbers", 20 * 128, "our model's count"),
+    ("check_p_tuning_kept_numbers", 30, "vector of d numbers"),
+    ("check_p_tuning_kept_numbers", 2 * 12 * 30 * 768, "prefix tuning"),
+    ("check_forward_lstm_moved", 20, "bidirectional"),
+    ("check_forward_lstm_moved", 12, "token 7 itself"),
+    ("check_forward_lstm_moved", 8, "carries information forward"),
 ]
+
+
+def test_the_activation_ratio_answer_is_what_activation_memory_measures():
+    from lora_teach import activation_memory, author_task, load_base_model
+    from lora_teach.prompt_tuning import PromptTuning
+
+    base, task = load_base_model(torch.device("cpu")), author_task()
+    batch = task.train_batch(16, torch.Generator().manual_seed(0))
+    assert batch[0].shape[1] == 78  # the length the exercise gives: passage, " => " and the longest label word
+    short, long = (activation_memory(PromptTuning(base, n_tokens=n), batch) for n in (20, 40))
+    ratio = long / short
+    assert math.isclose(ratio, RIGHT["check_prompt_activation_ratio"], rel_tol=0.03)
+
+
+def test_a_forward_only_prompt_encoder_moves_the_tokens_from_the_nudged_one_on():
+    torch.manual_seed(0)
+    u = torch.nn.Parameter(torch.randn(20, 16))
+    lstm = torch.nn.LSTM(16, 16, num_layers=2, batch_first=True)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    with torch.no_grad():
+        before = mlp(lstm(u[None])[0])[0]
+        u[7] += 0.1
+        moved = (mlp(lstm(u[None])[0])[0] - before).abs().amax(dim=1) > 0
+    assert int(moved.sum()) == RIGHT["check_forward_lstm_moved"] and moved[7:].all()
 
 
 # ------------------------------------------------------------------------------------------------ notebook 03
@@ -315,11 +366,19 @@ def _bottleneck(x, W_down, b_down, W_up, b_up):
     return x + F.gelu(x @ W_down.T + b_down) @ W_up.T + b_up
 
 
+def _largest_bottleneck(d, n_layer, per_block, budget):
+    m = 0
+    while per_block * n_layer * (2 * (m + 1) * d + d + (m + 1)) <= budget:
+        m += 1
+    return m
+
+
 RIGHT.update({
     "check_bottleneck_adapter": _bottleneck,
+    "check_largest_bottleneck": _largest_bottleneck,
     "check_pfeiffer_parameter_count": 4 * (2 * 32 * 128 + 128 + 32),
     "check_adapter_without_skip": "b",
-    "check_why_adapters_cannot_merge": "c",
+    "check_mergeable_adapter": "c",
 })
 
 MISTAKES_03 = [
@@ -338,8 +397,16 @@ MISTAKES_03 = [
     ("check_adapter_without_skip", "a", "deleted"),
     ("check_adapter_without_skip", "c", "residual stream"),
     ("check_adapter_without_skip", "d", "Pfeiffer"),
-    ("check_why_adapters_cannot_merge", "b", "one d × d matrix"),
-    ("check_why_adapters_cannot_merge", "a", "affine"),
+    ("check_largest_bottleneck", lambda d, n, k, b: b // (n * k * 2 * d), "biases too"),
+    ("check_largest_bottleneck", lambda d, n, k, b: round((b / (n * k) - d) / (2 * d + 1)), "round down"),
+    ("check_largest_bottleneck", lambda d, n, k, b: max(0, (b // n - d) // (2 * d + 1)), "adapters in each"),
+    ("check_largest_bottleneck", lambda d, n, k, b: max(0, -(-(b // (n * k) - d) // (2 * d + 1)) - 1), "≤, not <"),
+    ("check_largest_bottleneck", lambda d, n, k, b: (b / (n * k) - d) / (2 * d + 1), "whole number"),
+    ("check_largest_bottleneck", lambda d, n, k, b: (b // (n * k) - d) // (2 * d + 1), "return 0"),
+    ("check_largest_bottleneck", lambda d, n, k, b: 8 * (2 * 3 * 128 + 128 + 3), "number of parameters"),
+    ("check_mergeable_adapter", "a", "ReLU is non-linear"),
+    ("check_mergeable_adapter", "b", "still between"),
+    ("check_mergeable_adapter", "d", "square or not"),
 ]
 
 
@@ -355,6 +422,22 @@ def test_the_bottleneck_reference_is_the_packages_adapter():
         torch.testing.assert_close(_bottleneck(x, *weights), adapter(x))
 
 
+def test_the_largest_bottleneck_answers_are_the_largest_sizes_add_adapters_fits():
+    from lora_teach.adapters import add_adapters
+    from lora_teach.exercises.nb03_adapters import LARGEST_BOTTLENECK_CASES, _largest_bottleneck_reference
+
+    for d, n_layer, per_block, budget in LARGEST_BOTTLENECK_CASES[:2]:  # our model's shape: count what trains
+        placement = "houlsby" if per_block == 2 else "pfeiffer"
+        m = _largest_bottleneck_reference(d, n_layer, per_block, budget)
+        assert m == _largest_bottleneck(d, n_layer, per_block, budget)
+        sizes = [sum(p.numel() for p in add_adapters(GPT(GPTConfig(n_embd=d, n_layer=n_layer)), size, placement,
+                                                     train_layer_norms=False).parameters() if p.requires_grad)
+                 for size in (m, m + 1)]
+        assert sizes[0] <= budget < sizes[1]
+    for case in LARGEST_BOTTLENECK_CASES:
+        assert _largest_bottleneck_reference(*case) == _largest_bottleneck(*case)
+
+
 def test_pfeiffer_answer_is_what_add_adapters_trains():
     from lora_teach.adapters import add_adapters
 
@@ -367,9 +450,14 @@ def test_pfeiffer_answer_is_what_add_adapters_trains():
 
 
 # ------------------------------------------------------------------------------------------------ notebook 04
+def _prefix_kept_numbers(n_layer, prefix_len, d, n_head, n_kv_head):
+    return 2 * n_layer * prefix_len * n_kv_head * (d // n_head)
+
+
 RIGHT.update({
+    "check_prefix_kept_numbers": _prefix_kept_numbers,
     "check_prefix_training_parameters": 20 * 128 + (128 * 256 + 256) + (256 * 2 * 4 * 128 + 2 * 4 * 128),
-    "check_prefix_never_exact": "b",
+    "check_prefix_exact_start": "d",
 })
 
 MISTAKES_04 = [
@@ -377,10 +465,29 @@ MISTAKES_04 = [
     ("check_prefix_training_parameters", 2 * 297_472, "does not depend on P"),
     ("check_prefix_training_parameters", 2 * 4 * 20 * 128, "kept after freeze_prefix()"),
     ("check_prefix_training_parameters", 20 * 128, "MLP is trained too"),
-    ("check_prefix_never_exact", "a", "zero vectors do not silence"),
-    ("check_prefix_never_exact", "c", "no positions"),
-    ("check_prefix_never_exact", "d", "layer norm"),
+    ("check_prefix_kept_numbers", lambda n_layer, p, d, h, k: p * d, "prompt tuning"),
+    ("check_prefix_kept_numbers", lambda n_layer, p, d, h, k: n_layer * p * k * (d // h), "key AND a value"),
+    ("check_prefix_kept_numbers", lambda n_layer, p, d, h, k: 2 * n_layer * p * d, "key/value space"),
+    ("check_prefix_kept_numbers", lambda n_layer, p, d, h, k: 2 * n_layer * p * k * d, "d_h = d / n_head"),
+    ("check_prefix_kept_numbers", lambda n_layer, p, d, h, k: 2 * n_layer * p * d * h // k, "smaller than d"),
+    ("check_prefix_exact_start", "a", "zero key still scores"),
+    ("check_prefix_exact_start", "b", "one slot"),
+    ("check_prefix_exact_start", "c", "very positive"),
 ]
+
+
+def test_the_prefix_kept_reference_is_the_shape_of_the_models_keys_and_values():
+    """With n_kv_head = n_head (our model) the count is what freeze_prefix() keeps."""
+    from lora_teach.exercises.nb04_prefix_tuning import PREFIX_KEPT_CASES, _prefix_kept_reference
+    from lora_teach.prefix import PrefixTuning
+
+    n_layer, prefix_len, d, n_head, n_kv_head = PREFIX_KEPT_CASES[0]
+    assert n_head == n_kv_head
+    model = GPT(GPTConfig(n_embd=d, n_layer=n_layer, n_head=n_head))
+    kept = PrefixTuning(model, prefix_len).freeze_prefix().prefix.numel()
+    assert kept == _prefix_kept_reference(*PREFIX_KEPT_CASES[0]) == 2 * n_layer * prefix_len * d
+    for case in PREFIX_KEPT_CASES:
+        assert _prefix_kept_reference(*case) == _prefix_kept_numbers(*case)
 
 
 def test_prefix_training_answer_is_what_prefix_tuning_trains():
@@ -485,7 +592,7 @@ def test_the_factor_check_leaves_the_random_stream_alone(capsys):
 RIGHT.update({
     "check_rslora_scaling": 8 / math.sqrt(32),
     "check_adapter_file_bytes": lambda shapes, r, n_layer, b: n_layer * sum(r * (i + o) for i, o in shapes) * b,
-    "check_budget_targets": "c",
+    "check_separated_pairs": 6,
 })
 
 MISTAKES_09 = [
@@ -501,10 +608,22 @@ MISTAKES_09 = [
     ("check_adapter_file_bytes", lambda shapes, r, n, b: n * sum(r * (i + o) + o for i, o in shapes) * b,
      "no bias"),
     ("check_adapter_file_bytes", lambda shapes, r, n, b: 8 * n * sum(r * (i + o) for i, o in shapes) * b, "bits"),
-    ("check_budget_targets", "a", "weakest"),
-    ("check_budget_targets", "b", "640 numbers"),
-    ("check_budget_targets", "d", "seed spread"),
+    ("check_separated_pairs", 3, "the MLP"),
+    ("check_separated_pairs", 10, "overlap"),
+    ("check_separated_pairs", 0, "every run on W_q alone"),
+    ("check_separated_pairs", 4, "two of the MLP's"),
 ]
+
+
+def test_the_separated_pairs_are_read_from_the_shipped_sweep():
+    """The check counts the pairs of target sets whose three runs do not overlap, from the committed CSV."""
+    from lora_teach.exercises import nb09_lora_in_practice as nb09
+
+    runs = nb09._budget_runs()
+    assert len(runs) == 5 and all(len(accs) == 3 for accs in runs.values())
+    pairs = nb09._separated(runs)
+    assert len(pairs) == RIGHT["check_separated_pairs"]
+    assert ("q_proj", "v_proj") in pairs and ("v_proj", "q_proj,v_proj") not in pairs
 
 
 def test_adapter_file_bytes_reference_is_the_size_of_a_saved_adapter(tmp_path):

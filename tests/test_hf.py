@@ -35,7 +35,7 @@ from lora_teach.hf import (  # noqa: E402
     save_pretrained,
     to_transformers,
 )
-from lora_teach.lora import LoRAConfig, apply_lora, lora_layers  # noqa: E402
+from lora_teach.lora import LoRAConfig, apply_lora, disable_adapter_by_name, lora_layers  # noqa: E402
 from lora_teach.model import GPT  # noqa: E402
 
 ARCHS = ["opt", "gpt2"]
@@ -279,6 +279,9 @@ def test_save_peft_adapter_refusals(base, tmp_path):
     next(iter(lora_layers(merged).values())).merge()
     with pytest.raises(ValueError, match="unmerge"):
         save_peft_adapter(merged, tmp_path / "a")
+    switched_off = disable_adapter_by_name(lora_model(base), "default")
+    with pytest.raises(ValueError, match="enable_adapter_by_name"):
+        save_peft_adapter(switched_off, tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 

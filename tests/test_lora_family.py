@@ -25,6 +25,9 @@ from lora_teach.lora import (
     create_loraplus_optimizer,
     delete_adapter,
     disable_adapter,
+    disable_adapter_by_name,
+    disabled_adapters,
+    enable_adapter_by_name,
     forward_with_adapters,
     load_adapter,
     lora_layers,
@@ -267,6 +270,95 @@ def test_mixed_batch_rows_equal_their_adapter_merged_alone():
     assert all(layer._row_adapters is None for layer in lora_layers(model).values())
 
 
+def trainable(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_disabling_the_active_adapter_by_name_gives_the_base_and_enabling_restores_it_exactly():
+    model, base = three_adapters(), gpt()
+    x = ids(2, 10)
+    for name in adapter_names(model):
+        set_adapter(model, name)
+        on, flags = model(x)[0], trainable(model)
+        disable_adapter_by_name(model, name)
+        assert disabled_adapters(model) == [name] and active_adapter(model) == name
+        torch.testing.assert_close(model(x)[0], base(x)[0], rtol=0, atol=0)
+        assert trainable(model) == set(), "a disabled adapter is frozen, as PEFT freezes the adapters it disables"
+        set_adapter(model, "default" if name != "default" else "author")
+        set_adapter(model, name)  # making it active again does not switch it on
+        torch.testing.assert_close(model(x)[0], base(x)[0], rtol=0, atol=0)
+        enable_adapter_by_name(model, name)
+        assert disabled_adapters(model) == []
+        torch.testing.assert_close(model(x)[0], on, rtol=0, atol=0)
+        assert trainable(model) == flags
+
+
+def test_disabling_another_adapter_by_name_leaves_the_active_one_and_its_rows_run_the_base():
+    model = three_adapters()
+    x = ids(5, 12, seed=4)
+    names = ["sentence", "author", BASE_ROW, "default", "author"]
+    active, mixed, flags = model(x)[0], forward_with_adapters(model, x, names)[0], trainable(model)
+    without = copy.deepcopy(model)  # the model with only the other adapters
+    delete_adapter(without, "author")
+    as_base = [BASE_ROW if n == "author" else n for n in names]
+    disable_adapter_by_name(model, "author")
+    disable_adapter_by_name(model, "author")  # a second call does nothing
+    assert disabled_adapters(model) == ["author"] and trainable(model) == flags
+    torch.testing.assert_close(model(x)[0], active, rtol=0, atol=0)
+    off = forward_with_adapters(model, x, names)[0]
+    torch.testing.assert_close(off, forward_with_adapters(without, x, as_base)[0], rtol=0, atol=0)
+    torch.testing.assert_close(off, forward_with_adapters(model, x, as_base)[0], rtol=0, atol=0)
+    for i in (0, 2, 3):
+        torch.testing.assert_close(off[i], mixed[i], rtol=0, atol=0)
+    assert "disabled_adapters=['author']" in str(model)
+    enable_adapter_by_name(model, "author")
+    enable_adapter_by_name(model, "author")  # a second call does nothing
+    assert disabled_adapters(model) == [] and trainable(model) == flags
+    torch.testing.assert_close(forward_with_adapters(model, x, names)[0], mixed, rtol=0, atol=0)
+    disable_adapter_by_name(model, "author")
+    delete_adapter(model, "author")  # the switch goes with the adapter
+    add_adapter(model, "author", LoRAConfig(r=2, alpha=4, target_modules=("q_proj",)))
+    assert disabled_adapters(model) == []
+
+
+def test_the_switch_by_name_is_refused_while_merged_and_blocks_merging_and_saving(tmp_path):
+    model = three_adapters()
+    set_adapter(model, "author")
+    merge_lora(model)
+    before, structure = snapshot(model), str(model)
+    for switch in (disable_adapter_by_name, enable_adapter_by_name):
+        with pytest.raises(ValueError, match=r"merged; call unmerge_lora\(model\) before (dis|en)abling an adapter"):
+            switch(model, "author")
+    assert_unchanged(model, before)
+    assert str(model) == structure and disabled_adapters(model) == []
+    unmerge_lora(model)
+    with disable_adapter(model):
+        with pytest.raises(ValueError, match="inside a disable_adapter"):
+            disable_adapter_by_name(model, "sentence")
+    assert disabled_adapters(model) == []
+
+    disable_adapter_by_name(model, "author")
+    disable_adapter_by_name(model, "default")
+    before, structure = snapshot(model), str(model)
+    for merge in (merge_lora, merge_and_unload):
+        with pytest.raises(ValueError, match=r"the active adapter 'author' is disabled; "
+                                             r"enable_adapter_by_name\(model, 'author'\)"):
+            merge(model)
+    with pytest.raises(ValueError, match=r"'default' adapter is disabled.*enable_adapter_by_name\(model, 'default'\)"):
+        save_adapter(model, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+    for switch in (disable_adapter_by_name, enable_adapter_by_name):
+        with pytest.raises(ValueError, match=r"unknown adapter 'nobody'; this model's adapters are \['default'"):
+            switch(model, "nobody")
+    assert disabled_adapters(model) == ["default", "author"]
+    assert_unchanged(model, before)
+    assert str(model) == structure and not any(layer.merged for layer in lora_layers(model).values())
+    layer = next(m for m in lora_layers(model).values() if "author" in m.adapter_names())
+    with pytest.raises(ValueError, match="'author' is disabled"):
+        layer.merge()
+    assert not layer.merged
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_config_refuses_unsupported_values_naming_the_allowed_ones():
     with pytest.raises(ValueError, match=r"init_lora_weights must be one of \[True, False, 'gaussian', 'pissa'\]"):
@@ -325,6 +417,10 @@ def test_apply_lora_refuses_pissa_with_a_rank_too_high_before_any_change():
     (lambda m: delete_adapter(m, "nobody"), "unknown adapter 'nobody'"),
     (lambda m: delete_adapter(m, "default"), "cannot be deleted"),
     (lambda m: lora_state_dict(m, "nobody"), "unknown adapter"),
+    (lambda m: disable_adapter_by_name(m, "nobody"),
+     r"unknown adapter 'nobody'; this model's adapters are \['default', 'author', 'sentence'\]"),
+    (lambda m: enable_adapter_by_name(m, "nobody"), "unknown adapter 'nobody'; this model's adapters are"),
+    (lambda m: disable_adapter_by_name(m, None), "unknown adapter None"),
     (lambda m: forward_with_adapters(m, ids(3, 8), ["author", "default"]), "2 entries for a batch of 3 rows"),
     (lambda m: forward_with_adapters(m, ids(2, 8), ["author", "nobody"]),
      r"unknown adapter names \[\"'nobody'\"\]; allowed: \['default', 'author', 'sentence', '__base__'\]"),
@@ -341,6 +437,7 @@ def test_named_adapter_calls_refuse_bad_input_before_any_change(call, message):
     model.eval()
     assert_unchanged(model, before)
     assert str(model) == structure and adapter_names(model) == ["default", "author", "sentence"]
+    assert disabled_adapters(model) == []
 
 
 def test_refusals_about_merged_and_active_adapters():

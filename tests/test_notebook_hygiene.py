@@ -273,3 +273,28 @@ def test_no_stale_progress_bar_text_is_committed(path):
         for output in cell.outputs:
             texts = [text_of(output), output.get("data", {}).get("text/plain", "")]
             assert not any(PROGRESS_BAR.search(t) for t in texts), f"{path.name}: stale progress text {texts}"
+
+
+def test_the_notebook_runner_strips_progress_text_and_figure_widget_state():
+    """scripts/run_notebook.py, which executes the committed notebooks: bar text goes, other output stays, and a
+    widget shown with a PNG fallback loses its saved state (with the models only it uses) while a bar keeps its."""
+    from repo_scripts import load_script
+
+    runner = load_script("scripts/run_notebook.py")
+    view = "application/vnd.jupyter.widget-view+json"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="Writing:   0%|  | 0/1\rWriting: 100%|##| 1/1\nkept\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="Loading:   0%|  | 0/69\n"),
+        nbformat.v4.new_output("display_data", data={view: {"model_id": "b1"}, "text/plain": "training:   0%|  |"}),
+        nbformat.v4.new_output("display_data", data={view: {"model_id": "f1"}, "image/png": "iVBOR"}),
+    ])])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
+        "b1": {"state": {"layout": "IPY_MODEL_b2"}}, "b2": {"state": {}},
+        "f1": {"state": {"children": ["IPY_MODEL_f2"]}}, "f2": {"state": {}}}}}
+    runner.strip_progress_text(nb)
+    assert runner.strip_figure_widget_state(nb) == 2
+    outputs = nb.cells[0].outputs
+    assert [o.get("text") for o in outputs if o.output_type == "stream"] == ["kept\n"]
+    assert "text/plain" not in outputs[1]["data"] and outputs[2]["data"]["image/png"] == "iVBOR"
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert sorted(state) == ["b1", "b2"]

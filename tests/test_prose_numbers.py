@@ -27,8 +27,6 @@ NOT_MEASURED = {
     "00_start_here.ipynb": {"0.83": "834,560 parameters, printed, in millions"},
     "01_meet_the_base_model.ipynb": {"0.83": "834,560 parameters, printed, in millions",
                                      "4.57": "ln 97, the loss of a uniform guess, worked out in the prose"},
-    "03_adapters.ipynb": {"0.667": "the other value the varying third decimal takes (the cell says why)"},
-    "04_prefix_tuning.ipynb": {"3.073": "the other value the varying third decimal takes (the cell says why)"},
     "09_lora_in_practice.ipynb": {"0.25": "alpha / r at r = 32 and 32 / 128, worked out in the prose"},
 }
 

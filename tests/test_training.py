@@ -21,6 +21,29 @@ def test_train_reduces_loss_and_is_reproducible(tiny_config):
     assert hist.evals[-1][1]["loss"] < hist.evals[0][1]["loss"]
 
 
+def test_eval_at_start_records_step_zero_and_changes_nothing_else(tiny_config):
+    from lora_teach.model import GPT
+
+    task = LanguageModelingTask("austen", block_size=32, eval_windows=8)
+    seed_everything(0)
+    model = GPT(tiny_config)
+    untrained = task.evaluate(model)
+    runs = {}
+    for at_start in (False, True):
+        seed_everything(0)
+        runs[at_start] = train(GPT(tiny_config), task, steps=6, lr=3e-3, batch_size=4, eval_every=3,
+                               eval_at_start=at_start, progress=False)
+    assert [s for s, _ in runs[False].evals] == [3, 6]  # the default is unchanged
+    assert [s for s, _ in runs[True].evals] == [0, 3, 6]
+    assert runs[True].evals[0][1] == untrained  # step 0 is the model before any update
+    assert runs[True].loss == runs[False].loss and runs[True].evals[1:] == runs[False].evals
+    seed_everything(0)
+    alone = train(GPT(tiny_config), task, steps=2, lr=3e-3, batch_size=4, eval_at_start=True, progress=False)
+    assert [s for s, _ in alone.evals] == [0, 2]  # without eval_every: before and after
+    with pytest.raises(ValueError, match="eval_at_start must be True or False"):
+        train(GPT(tiny_config), task, steps=1, lr=1e-3, eval_at_start=1, progress=False)
+
+
 def test_train_updates_only_trainable_parameters(tiny_model):
     frozen = {n: p.detach().clone() for n, p in tiny_model.named_parameters() if "lm_head" not in n}
     for n, p in tiny_model.named_parameters():

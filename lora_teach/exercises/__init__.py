@@ -17,7 +17,9 @@ from .core import (  # noqa: F401
     _failed,
     _first_match,
     _format_call,
+    _is_stub,
     _missing,
+    _not_written,
     _passed,
     _to_number,
 )

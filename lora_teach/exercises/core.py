@@ -1,21 +1,23 @@
 """The building blocks of every graded exercise, and the messages they print.
 
 Every `check_...(answer)` prints one line, `✓` and why the answer is right, or `✗` and what is wrong followed by
-a hint, and returns True or False. It never raises: a missing answer (`None`, the stub of the student edition),
-a wrong type, a wrong shape, or an exception inside the student's own function all become a `✗` message.
+a hint, and returns True or False. An exercise not answered yet (its `None`, or a function that still returns
+None) gets a neutral line saying what to replace, and no hint: the learner has not tried yet. A check never
+raises: a wrong type, a wrong shape, or an exception inside the learner's own function all become a `✗` message.
 
 A new exercise is usually one call of `check_number`, `check_choice` or `check_function` (docs/WORKSHOP.md).
 """
 
 from __future__ import annotations
 
+import dis
 import math
 import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 
-PASS, FAIL = "✓", "✗"
+PASS, FAIL, WAITING = "✓", "✗", "…"
 
 
 def _passed(message: str) -> bool:
@@ -29,7 +31,32 @@ def _failed(problem: str, hint: str) -> bool:
 
 
 def _missing(name: str, hint: str) -> bool:
-    return _failed(f"`{name}` is still None: replace the None with your answer, then run the cell again.", hint)
+    """An exercise not answered yet: no ✗ and no hint before the learner has tried (`hint` is for the ✗ lines)."""
+    print(f"{WAITING} `{name}` is not answered yet: replace its None with your answer, then run this cell again.")
+    return False
+
+
+def _stub_function(*args):
+    """The stub of a function exercise: what a learner's function is before they write it."""
+    return None
+
+
+def _is_stub(fn) -> bool:
+    """True if `fn`'s body is only `return None` (a docstring aside): an exercise not written yet."""
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None), "__code__", None)
+    return code is not None and _instructions(code) == _instructions(_stub_function.__code__)
+
+
+def _instructions(code) -> list[tuple[str, object]]:
+    """The bytecode as (operation, argument value): the same for equal bodies whatever their constants' order."""
+    return [(i.opname, i.argval) for i in dis.get_instructions(code)]
+
+
+def _not_written(name: str, call: str) -> bool:
+    """A function exercise whose first call returned None: most likely still the stub `return None`."""
+    print(f"{WAITING} `{name}` is not written yet: {call} returned None. Replace `return None` with your code "
+          "(and make sure it returns its result), then run this cell again.")
+    return False
 
 
 def _describe(value) -> str:
@@ -159,7 +186,9 @@ def check_function(fn, *, name: str, cases: Sequence[tuple], reference: Callable
             return _failed(f"{call} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
                            _diagnosis(diagnose, case, err) or hint)
         if got is None:
-            return _failed(f"{call} returned None: replace `return None` with your code.", hint)
+            if _is_stub(fn):  # still the stub: say what to write, as for a missing answer
+                return _not_written(name, call)
+            return _failed(f"{call} returned None: every path of your function must return its result.", hint)
         problem = _compare(got, expected, rtol, atol)
         if problem:
             return _failed(f"{call} {problem}.", _diagnosis(diagnose, case, got) or hint)

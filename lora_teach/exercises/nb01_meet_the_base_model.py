@@ -13,21 +13,28 @@ from .core import (
 )
 
 AUTHORS_PER_SPLIT = 3  # author_task: the same number of validation passages (100) for each of 3 authors
+UNBALANCED_SPLIT = {"austen": 200, "shakespeare": 50, "melville": 50}  # the split exercise 1 imagines
 
 
 def check_always_austen_accuracy(answer) -> bool:
-    """01: validation accuracy of a model that always answers "austen" on the author task."""
-    expected = 1 / AUTHORS_PER_SPLIT
+    """01: accuracy of a model that always answers "austen" on a split of 200 Austen, 50 Shakespeare, 50 Melville."""
+    n = sum(UNBALANCED_SPLIT.values())
+    expected = UNBALANCED_SPLIT["austen"] / n
     return check_number(
         answer, expected, name="always_austen", rel_tol=0.02,
-        hint="how many of the validation passages are Austen's? The splits hold the same number per author.",
-        explanation=f"{expected:.3f}: the validation split has 100 passages by each of the 3 authors, so "
-                    "always answering 'austen' is right on 100 of 300. Chance accuracy can hide a model that "
-                    "says only one thing; that is why the baseline cell also counts the predictions.",
+        hint="accuracy = passages answered right / all passages; which passages does 'austen' get right?",
+        explanation=f"{expected:.3f}: right on the {UNBALANCED_SPLIT['austen']} Austen passages, wrong on the "
+                    f"other {n - UNBALANCED_SPLIT['austen']}. On an unbalanced split, always naming the largest "
+                    "class beats 1/3, so compare an accuracy with the largest class's share, not with 1 / the "
+                    "number of labels. The course's splits are balanced (100 passages per author), so there the "
+                    "same model scores 1/3, and the baseline cell counts the predictions to show what a model says.",
         mistakes=[(100 * expected, "that looks like a percentage; give a fraction between 0 and 1."),
+                  (1 / AUTHORS_PER_SPLIT, "that is the accuracy on a balanced split; here 200 of the 300 passages "
+                                          "are Austen's."),
                   (1.0, "the model is right only on the passages Austen wrote, not on all of them."),
                   (0.0, "the passages Austen wrote are answered correctly."),
-                  (100.0, "that is how many passages it gets right; divide by the number of passages.")])
+                  (float(UNBALANCED_SPLIT["austen"]), "that is how many passages it gets right; divide by the "
+                                                       "number of passages.")])
 
 
 def _block_reference(d: int) -> int:
@@ -63,17 +70,32 @@ def check_block_parameters(fn) -> bool:
                     "layer norm and the output head.")
 
 
-def check_largest_share(answer) -> bool:
-    """01: in which kind of layer does full fine-tuning change the most parameters?"""
-    return check_choice(
-        answer, "c", name="largest_share",
-        wrong={"a": "the token and position embeddings are small tables here (97 characters, 128 positions): "
-                    "a few percent of the parameters (see the budget table).",
-               "b": "the four attention projections come second: four d×d matrices per block, against the "
-                    "MLP's two d×4d matrices, twice as many numbers.",
-               "d": "a layer norm has only 2·d parameters: 0.3% of the model together."},
-        explanation="up_proj and down_proj hold about 63% of the parameters. Full fine-tuning changes every "
-                    "parameter, so most of what it changes sits in the MLP.")
+def _mlp_parameters() -> tuple[int, int]:
+    """Parameters (weights and biases) of all the base model's up_proj, and of all its down_proj."""
+    from ..model import base_model_card
+
+    cfg = base_model_card()["config"]
+    d, hidden = cfg["n_embd"], 4 * cfg["n_embd"]
+    return cfg["n_layer"] * (d * hidden + hidden), cfg["n_layer"] * (hidden * d + d)
+
+
+def check_frozen_mlp_share(answer) -> bool:
+    """01: the fraction of the base model's parameters that still trains when every MLP is frozen."""
+    total, (up, down) = _base_parameters(), _mlp_parameters()
+    mlp = up + down
+    expected = (total - mlp) / total
+    return check_number(
+        answer, expected, name="still_trains", rel_tol=0.02,
+        hint="add the up_proj and down_proj rows of the budget table, subtract that from the total, and divide "
+             "by the total.",
+        explanation=f"{expected:.3f}: up_proj and down_proj hold {mlp:,} of the {total:,} parameters "
+                    f"({mlp / total:.1%}), so {expected:.1%} still trains. Full fine-tuning changes every "
+                    "parameter, and most of what it changes sits in the MLP.",
+        mistakes=[(mlp / total, "that is the share you froze (the MLP); the question asks what still trains."),
+                  (100 * expected, "that looks like a percentage; give a fraction between 0 and 1."),
+                  ((total - up) / total, "up_proj and down_proj are both part of the MLP: freeze both."),
+                  ((total - mlp) / mlp, "divide by the total number of parameters, not by the MLP's."),
+                  (float(total - mlp), "that is a number of parameters; divide it by the total.")])
 
 
 def check_shakespeare_gap(answer) -> bool:
@@ -86,4 +108,5 @@ def check_shakespeare_gap(answer) -> bool:
                "d": "fine-tuning this same model on Shakespeare brings its loss down a long way (notebook 02): "
                     "it can represent the new text, it has just never seen it."},
         explanation="Pretraining on Austen never showed the model speaker names in capitals with a colon, verse "
-                    "line breaks, or words like 'thou' and 'hath'. That gap is what fine-tuning must close.")
+                    "line breaks, or words like 'thou' and 'hath': after 'ROMEO:' it went on in Austen's prose. "
+                    "That gap is what fine-tuning must close.")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from .core import (
     _base_parameters,
     _first_match,
+    _to_number,
     check_choice,
     check_function,
     check_number,
@@ -67,25 +68,65 @@ def check_bottleneck_adapter(fn) -> bool:
                     "every random case, with any leading batch shape.")
 
 
-def check_adapter_parameter_count(fn) -> bool:
-    """Adapters: adapter_parameters(d, m) = parameters of one bottleneck adapter d → m → d, with biases."""
-    def reference(d, m):
-        return 2 * m * d + d + m
+def _adapters_size(d: int, n_layer: int, per_block: int, m) -> int:
+    """Trainable parameters of `per_block` adapters d → m → d (with biases) in each of `n_layer` blocks."""
+    return per_block * n_layer * (2 * m * d + d + m)
 
-    def mistakes(case, got):
-        d, m = case
-        return _first_match(got, [
-            (2 * m * d, "you left out the biases: m for the down-projection, d for the up-projection."),
-            (m * d + m, "an adapter has two projections: down (d → m) and up (m → d)."),
-            (m * d + d, "an adapter has two projections: down (d → m) and up (m → d)."),
-            (2 * m * d + 2 * d, "the down-projection's bias has m numbers (its output size), not d.")])
 
+def _largest_bottleneck_reference(d: int, n_layer: int, per_block: int, budget: int) -> int:
+    """The largest m whose adapters fit in `budget` parameters, 0 if not even m = 1 fits."""
+    return max(0, (budget // (per_block * n_layer) - d) // (2 * d + 1))
+
+
+def _largest_bottleneck_mistakes(case, got):
+    d, n_layer, per_block, budget = case
+    right = _largest_bottleneck_reference(*case)
+    named = _first_match(got, [
+        (max(0, (budget // n_layer - d) // (2 * d + 1)),
+         f"there are {per_block} adapters in each of the {n_layer} blocks, not one."),
+        (_adapters_size(d, n_layer, per_block, right), "that is a number of parameters; return the bottleneck size m."),
+    ])
+    if named:
+        return named
+    value = _to_number(got)
+    if value is None:
+        return None
+    if value != int(value):
+        return "m is a whole number of bottleneck features: round down to the largest m that fits."
+    if value < 0:
+        return "when not even m = 1 fits, return 0."
+    size = _adapters_size(d, n_layer, per_block, int(value))
+    if value > right:
+        return (f"with m = {int(value)} the adapters have {size:,} parameters, more than the budget of {budget:,}: "
+                "count each adapter's biases too (m + d), and round down to the largest m that fits.")
+    bigger = _adapters_size(d, n_layer, per_block, int(value) + 1)
+    return (f"m = {int(value) + 1} still fits ({bigger:,} ≤ {budget:,} parameters): a size that uses the budget "
+            "exactly is allowed too (≤, not <).")
+
+
+LARGEST_BOTTLENECK_CASES = [  # (d, n_layer, per_block, budget)
+    (128, 4, 2, 8_345),  # our model, Houlsby placement, 1 % of the base
+    (128, 4, 1, 8_345),  # the same budget, Pfeiffer placement
+    (8, 1, 1, 2 * 5 * 8 + 8 + 5),  # a budget that m = 5 fills exactly
+    (768, 12, 2, 2_000_000),  # a BERT-base-sized model
+    (16, 2, 2, 50),  # too small for any adapter
+]
+
+
+def check_largest_bottleneck(fn) -> bool:
+    """Adapters: largest_bottleneck(d, n_layer, per_block, budget) = the largest bottleneck size m whose adapters
+    (per_block in each of n_layer blocks, 2·m·d + d + m parameters each) fit in budget, 0 if none fits."""
+    ours = _largest_bottleneck_reference(*LARGEST_BOTTLENECK_CASES[0])
+    pfeiffer = _largest_bottleneck_reference(*LARGEST_BOTTLENECK_CASES[1])
     return check_function(
-        fn, name="adapter_parameters", arg_names=["d", "m"], cases=[(128, 16), (64, 8), (10, 3)],
-        reference=reference, diagnose=mistakes,
-        hint="down-projection: an (m, d) weight and m biases; up-projection: a (d, m) weight and d biases.",
-        explanation="2·m·d + d + m: at d = 128 and m = 16 that is 4,240 per adapter, against 16,512 for one "
-                    "attention projection (66,048 for the four).")
+        fn, name="largest_bottleneck", arg_names=["d", "n_layer", "per_block", "budget"],
+        cases=LARGEST_BOTTLENECK_CASES, reference=_largest_bottleneck_reference, diagnose=_largest_bottleneck_mistakes,
+        hint="the adapters have per_block · n_layer · (2·m·d + d + m) parameters; find the largest whole m for which "
+             "that is ≤ budget (a loop that tries m = 1, 2, ... works), and 0 if m = 1 is already too many.",
+        explanation=f"Within 1 % of our base model (8,345 parameters, layer norms frozen) Houlsby placement affords "
+                    f"m = {ours} ({_adapters_size(128, 4, 2, ours):,} parameters) and Pfeiffer placement m = "
+                    f"{pfeiffer} ({_adapters_size(128, 4, 1, pfeiffer):,}): halving the number of adapters more "
+                    "than doubles the affordable bottleneck, because each adapter also pays d + m biases.")
 
 
 PFEIFFER_CASE = {"d": 128, "n_layer": 4, "m": 32}  # our model, one adapter per block, layer norms frozen
@@ -137,17 +178,17 @@ def check_adapter_without_skip(answer) -> bool:
                     "`output equals input exactly: True` and the adapted model gave the base's logits bit for bit.")
 
 
-def check_why_adapters_cannot_merge(answer) -> bool:
-    """03: what stops an adapter from being merged into the frozen weights, as LoRA's update is."""
+def check_mergeable_adapter(answer) -> bool:
+    """03: which adapter variant could be folded into the frozen layer before it, as LoRA's update is."""
     return check_choice(
-        answer, "c", name="merge_blocker",
-        wrong={"a": "without the GELU the biases would fold in too: (I + W_up W_down) y + W_up b_down + b_up is "
-                    "affine, and its constant joins the bias of the layer the adapter follows.",
-               "b": "x + W_up W_down x = (I + W_up W_down) x is one d × d matrix: the skip connection alone would "
-                    "merge without trouble.",
-               "d": "the product W_up W_down is d × d whatever m is, just as LoRA's B A has the weight's shape "
-                    "although neither B nor A is square."},
-        explanation="With σ(z) = z the adapter would be affine, (I + W_up W_down) y + W_up b_down + b_up, and "
-                    "could be folded into the projection it follows. The GELU makes it a non-linear function of "
-                    "its input, which no single matrix replaces: the non-linearity adds capacity, and it keeps "
-                    "the extra layers in every forward pass, the inference latency measured above.")
+        answer, "c", name="mergeable",
+        wrong={"a": "ReLU is non-linear too: no single matrix gives W_up ReLU(W_down y + b_down) for every y, so the "
+                    "two projections still run in every forward pass.",
+               "b": "without the skip connection the GELU is still between the two projections: the adapter stays "
+                    "non-linear (and at step 0 it would delete the sublayer, as in exercise 2).",
+               "d": "square or not, the GELU between the projections remains; m changes the adapter's size, not "
+                    "whether it is linear."},
+        explanation="Without a non-linearity the adapter is affine, y ↦ (I + W_up W_down) y + W_up b_down + b_up, "
+                    "and so is the layer before it: their composition is one linear layer of the same shape, "
+                    "whatever m is. With a GELU (or ReLU) no single matrix replaces it: that non-linearity keeps "
+                    "a real adapter in every forward pass, the inference cost measured above.")

@@ -15,25 +15,47 @@ from .core import (
 )
 
 
-def check_prefix_parameter_count(fn) -> bool:
-    """Prefix tuning: prefix_parameters(n_layer, prefix_len, d) = numbers kept after training, 2·L·P·d."""
-    def reference(n_layer, prefix_len, d):
-        return 2 * n_layer * prefix_len * d
+def _prefix_kept_reference(n_layer: int, prefix_len: int, d: int, n_head: int, n_kv_head: int) -> int:
+    """Numbers a prefix keeps: a key and a value per slot, per layer, in key/value space (n_kv_head heads of d_h)."""
+    return 2 * n_layer * prefix_len * n_kv_head * (d // n_head)
 
+
+PREFIX_KEPT_CASES = [  # (n_layer, prefix_len, d, n_head, n_kv_head)
+    (4, 10, 128, 4, 4),  # our model: every query head has its own keys and values
+    (2, 3, 16, 8, 2),
+    (32, 30, 4096, 32, 8),  # a Llama-3-8B-sized model
+    (80, 10, 8192, 64, 8),  # a Llama-2-70B-sized model
+]
+
+
+def check_prefix_kept_numbers(fn) -> bool:
+    """Prefix tuning: prefix_kept_numbers(n_layer, prefix_len, d, n_head, n_kv_head) = numbers kept after training
+    on a model with grouped-query attention, 2·L·P·n_kv_head·d_h with d_h = d / n_head."""
     def mistakes(case, got):
-        n_layer, prefix_len, d = case
+        n_layer, prefix_len, d, n_head, n_kv_head = case
+        d_h = d // n_head
         return _first_match(got, [
-            (n_layer * prefix_len * d, "each prefix slot has a key AND a value vector."),
-            (2 * prefix_len * d, "every attention layer gets its own prefix, not only the first."),
+            (2 * n_layer * prefix_len * d, f"the prefix lives in key/value space, which here has only {n_kv_head} "
+                                           f"heads of d_h = d / n_head = {d_h} numbers, not d = {d}."),
+            (2 * n_layer * prefix_len * n_kv_head * d, "each key/value head has d_h = d / n_head numbers, not d."),
+            (2 * n_layer * prefix_len * d * n_head // n_kv_head, "grouped-query attention makes the keys and values "
+                                                                "smaller than d, not larger: n_kv_head · d_h."),
+            (n_layer * prefix_len * n_kv_head * d_h, "each prefix slot has a key AND a value vector."),
+            (2 * prefix_len * n_kv_head * d_h, "every attention layer gets its own prefix, not only the first."),
             (prefix_len * d, "that is prompt tuning's count (one vector per virtual token, at the input only); "
                              "a prefix lives at every layer, as keys and values.")])
 
+    n_layer, prefix_len, d, n_head, n_kv_head = PREFIX_KEPT_CASES[-1]
+    big = _prefix_kept_reference(*PREFIX_KEPT_CASES[-1])
     return check_function(
-        fn, name="prefix_parameters", arg_names=["n_layer", "prefix_len", "d"],
-        cases=[(4, 10, 128), (2, 3, 16), (1, 5, 8)], reference=reference, diagnose=mistakes,
-        hint="per layer and per prefix slot, one key vector and one value vector of d numbers.",
-        explanation="2·L·P·d: keys and values for every slot at every layer. The reparameterisation MLP used in "
-                    "training is dropped afterwards; only these numbers are kept.")
+        fn, name="prefix_kept_numbers", arg_names=["n_layer", "prefix_len", "d", "n_head", "n_kv_head"],
+        cases=PREFIX_KEPT_CASES, reference=_prefix_kept_reference, diagnose=mistakes,
+        hint="per layer and per prefix slot, one key and one value, each as wide as the layer's keys: n_kv_head "
+             "heads of d_h = d // n_head numbers.",
+        explanation=f"2·L·P·n_kv_head·d_h: the prefix must have the shape of the layer's own keys and values. With "
+                    f"n_kv_head = n_head this is our 2·L·P·d; a model of Llama 2 70B's shape ({n_layer} layers, "
+                    f"d = {d:,}, {n_head} query heads sharing {n_kv_head} key/value heads) keeps {big:,} numbers "
+                    f"for {prefix_len} slots, {n_head // n_kv_head} times fewer than 2·L·P·d.")
 
 
 def _prefix_attention_reference(q, k, v, prefix_k, prefix_v, causal_prefix=False, scale=True, append=False):
@@ -121,17 +143,19 @@ def check_prefix_training_parameters(answer) -> bool:
                   (expected + _base_parameters(), "the base model is frozen: count only P′ and the MLP.")])
 
 
-def check_prefix_never_exact(answer) -> bool:
-    """04: why no prefix can make the model compute exactly what the base model computes."""
+def check_prefix_exact_start(answer) -> bool:
+    """04: which change to the attention would let a trainable prefix start exactly at the base model."""
     return check_choice(
-        answer, "b", name="never_exact",
-        wrong={"a": "zero vectors do not silence a prefix: a zero key still scores q · 0 = 0, weight e⁰ = 1 in "
-                    "the softmax, and zero values then pull every output towards zero (step 3).",
-               "c": "the prefix has no positions: the real tokens keep positions 0 … T-1, and the logits come "
-                    "back aligned with the input ids.",
-               "d": "a layer norm normalises each position's vector on its own, and the prefix never passes "
-                    "through one: it enters each layer only as keys and values inside the attention."},
-        explanation="Softmax gives every visible key a weight e^(score) > 0, so the prefix always takes a share "
-                    "of the attention; silencing it for every query would need scores of -∞. Step 3 measured the "
-                    "cost at init: Austen loss 1.289 instead of 1.209, almost all of it on the first characters, "
-                    "where few real keys compete with the prefix.")
+        answer, "d", name="exact_start",
+        wrong={"a": "a zero key still scores q · 0 = 0, weight e⁰ = 1 in the softmax: each slot takes a share of "
+                    "the attention from the real tokens, and its zero value pulls the output towards zero. Step 3's "
+                    "near-zero init is close to this, and it started above the base model's loss.",
+               "b": "one slot takes less attention than ten, but still some: e^(score) > 0 for any finite key.",
+               "c": "a score is q · k = -100 × (the sum of q's channels): very negative for queries whose channels "
+                    "sum to a positive number, but very positive for the others, which would then attend almost "
+                    "only to the prefix."},
+        explanation="With g = 0 the extra term vanishes and the real tokens are attended exactly as in the base "
+                    "model, whose softmax never sees the prefix: the model is the base model bit for bit. The "
+                    "gradient reaches g at once (as it reaches LoRA's B = 0), and the prefix learns once g has "
+                    "moved. This is the zero-initialised gated attention of LLaMA-Adapter (Zhang et al., 2023); "
+                    "plain prefix tuning shares one softmax between prefix and tokens, so it cannot start exactly.")

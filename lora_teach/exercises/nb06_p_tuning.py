@@ -3,50 +3,71 @@
 from __future__ import annotations
 
 from .core import (
-    check_choice,
     check_number,
 )
 
 
-def check_label_logit_position(answer) -> bool:
-    """06: in [P0..P14] passage [P15..P19] => label, which position's logits predict the label's first letter."""
-    return check_choice(
-        answer, "d", name="label_position",
-        wrong={"a": "P19 sits just before the first character of ` => `, so it predicts that space, not the label.",
-               "b": "the last character of the passage predicts the next token after it, which is now P15.",
-               "c": "a virtual token's output is dropped unless a real token follows it; P14 predicts the "
-                    "passage's first character."},
-        explanation="The last position, the final space of ` => `, is also the last real token, so the logits "
-                    "that predict the label's first letter sit at `logits[:, -1]`, which is where `task.predict` "
-                    "reads them. The logits before ` => ` are read at P19.")
+def check_spliced_logit_position(answer) -> bool:
+    """06: with 12 virtual tokens in front of the 64-character passage and 8 before " => ", the position of the
+    spliced sequence whose logits predict the passage's last character."""
+    before, passage = 12, 64
+    expected = before + passage - 2  # the passage's second-to-last character sits at before + 62
+    return check_number(
+        answer, expected, name="last_char_position", rel_tol=0,
+        hint="the passage's character i sits at position 12 + i of the spliced sequence, and the logits that "
+             "predict a real token are read at the position just before it.",
+        explanation=f"The passage fills positions {before} to {before + passage - 1}; its last character "
+                    f"(character {passage - 1}) sits at {before + passage - 1}, so the logits that predict it are "
+                    f"read one position earlier, at {expected}, on the character before it. Only where a group of "
+                    "virtual tokens sits just before a real token is the reading position a virtual one.",
+        mistakes=[(before + passage - 1, "that is where the last character itself sits; the logits that predict "
+                                         "a token are read one position before it."),
+                  (15 + passage - 2, "that is the answer for section 4's template, with 15 virtual tokens in "
+                                     "front; this template has 12."),
+                  (passage - 2, "that is the position in x, before splicing: add the 12 virtual tokens in front."),
+                  (passage - 1, "that is the last character's index in x, before splicing; add the 12 virtual "
+                                "tokens in front, then read one position earlier."),
+                  (before + passage + 8 - 1, "position 83 is the last virtual token, which predicts the first "
+                                             "character of ` => `, not the passage's last one.")])
 
 
 def check_p_tuning_kept_numbers(answer) -> bool:
-    """06: numbers a task keeps after drop_encoder() with 20 virtual tokens on our model (d = 128)."""
-    n_virtual, d = 20, 128
+    """06: numbers a task keeps after drop_encoder() with 30 virtual tokens on GPT-2 small (d = 768)."""
+    n_virtual, d, n_layer = 30, 768, 12
     expected = n_virtual * d
     return check_number(
         answer, expected, name="kept_numbers",
-        hint="after training the encoder runs once; its 20 output vectors of d numbers are all that is stored.",
-        explanation=f"{n_virtual} × {d} = {expected:,}, the same as a 20-token soft prompt: after drop_encoder() "
-                    "P-tuning costs nothing more at inference than prompt tuning. The encoder only costs during "
-                    "training.",
-        mistakes=[(234_240, "that is the encoder's parameter count; the encoder is dropped after training."),
-                  (234_240 + expected, "the encoder is dropped after training; only its output vectors stay."),
+        hint="after training the encoder runs once; its output, one vector of d numbers per virtual token, is all "
+             "that is stored.",
+        explanation=f"{n_virtual} × {d} = {expected:,}, exactly what a {n_virtual}-token soft prompt would keep: "
+                    "after drop_encoder() P-tuning costs nothing more at inference than prompt tuning, whatever "
+                    "encoder trained it and wherever the template puts the tokens.",
+        mistakes=[(20 * 128, "that is our model's count (20 tokens of 128 numbers); this is GPT-2 small with 30 "
+                             "virtual tokens."),
                   (n_virtual, "that counts the virtual tokens; each one is a vector of d numbers."),
-                  (2 * 4 * n_virtual * d, "that is prefix tuning's count; P-tuning's vectors live at the input "
-                                          "only.")])
+                  (d, "that is one virtual token; there are 30 of them."),
+                  (2 * n_layer * n_virtual * d, "that is prefix tuning's count (a key and a value at every layer); "
+                                                "P-tuning's vectors enter at the input only.")])
 
 
-def check_why_prompt_encoder(answer) -> bool:
-    """06: why Liu et al. produce the virtual tokens with an encoder instead of training them directly."""
-    return check_choice(
-        answer, "b", name="why_encoder",
-        wrong={"a": "the encoder trains far more parameters than the free vectors (234,240 against 2,560 here), "
-                    "and it is dropped after training anyway.",
-               "c": "after drop_encoder() the model reads the same 20 vectors either way: inference costs the same.",
-               "d": "the encoder's outputs are continuous vectors too; nothing restricts them to real tokens."},
-        explanation="Free vectors trained by gradient descent tend to stay near where they started in the "
-                    "embeddings' rather discrete space, and the virtual tokens should depend on one another; a "
-                    "bidirectional LSTM builds that in. Section 5 tests the claim on our model: here the encoder "
-                    "did not help.")
+def check_forward_lstm_moved(answer) -> bool:
+    """06: with a forward-only LSTM in the prompt encoder, how many of 20 virtual tokens move when input 7 moves."""
+    n_virtual, nudged = 20, 7
+    expected = n_virtual - nudged
+    return check_number(
+        answer, expected, name="moved_forward_only", rel_tol=0,
+        hint="a forward LSTM's output at position j has read the inputs 0 to j and nothing after j; the MLP then "
+             "acts on each position on its own.",
+        explanation=f"Outputs {nudged} to {n_virtual - 1} have read input {nudged}: {expected} of {n_virtual}. The "
+                    "MLP acts on each position separately, so it spreads nothing further. The backward direction "
+                    "is what lets the tokens before 7 depend on it too: with both directions every output depends "
+                    "on every input (20 of 20 in section 3), the association between virtual tokens that Liu et "
+                    "al. wanted.",
+        mistakes=[(n_virtual, "that is the bidirectional LSTM of section 3; a forward-only one cannot carry the "
+                              "nudge back to the tokens before 7."),
+                  (expected - 1, "count token 7 itself: outputs 7 to 19 are 13 tokens."),
+                  (nudged + 1, "that counts tokens 0 to 7; a forward LSTM carries information forward, to the "
+                               "tokens after 7."),
+                  (nudged, "that counts tokens 0 to 6, before the nudge; a forward LSTM carries it to the tokens "
+                           "after 7."),
+                  (1, "the LSTM's state carries the nudge on to every later position, not only to output 7.")])

@@ -11,7 +11,9 @@ from .core import (
     _failed,
     _first_match,
     _format_call,
+    _is_stub,
     _missing,
+    _not_written,
     _passed,
     check_choice,
     check_number,
@@ -85,7 +87,9 @@ def check_low_rank_factors(fn) -> bool:
         except Exception as err:  # the student's code failed: report it instead of a traceback
             return _failed(f"{call} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", hint)
         if got is None:
-            return _failed(f"{call} returned None: replace `return None` with your code.", hint)
+            if _is_stub(fn):
+                return _not_written(name, call)
+            return _failed(f"{call} returned None: every path of your function must return its result.", hint)
         if not (isinstance(got, (tuple, list)) and len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got)):
             if isinstance(got, torch.Tensor) and tuple(got.shape) == (m, n):
                 return _failed(f"{call} returned one ({m}, {n}) matrix.",

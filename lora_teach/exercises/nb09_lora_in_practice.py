@@ -6,7 +6,6 @@ import math
 
 from .core import (
     _first_match,
-    check_choice,
     check_function,
     check_number,
 )
@@ -73,17 +72,52 @@ def check_adapter_file_bytes(fn) -> bool:
                     "the calculator's 37.7 MB. Nothing of the base model is in the file.")
 
 
-def check_budget_targets(answer) -> bool:
-    """09: what the fixed-budget experiment (20,480 trainable numbers, three seeds) supports."""
-    return check_choice(
-        answer, "c", name="budget_targets",
-        wrong={"a": "W_q alone at r = 20 was the weakest choice (mean 0.436; each of its runs below every run on "
-                    "W_v): a large rank on one matrix bought less than a small rank on several.",
-               "b": "the MLP (mean 0.499) did worse than every attention choice that includes W_v. Its matrices "
-                    "are 128 × 512, so each rank costs 640 numbers per matrix and the budget buys only r = 4.",
-               "d": "W_q and W_v (0.591) came out within the seed spread of W_v alone (0.598) and of all four "
-                    "projections (0.601): three seeds cannot rank these three, even though the paper found "
-                    "W_q and W_v best."},
-        explanation="W_v alone, W_q with W_v, and all four projections scored about the same, all clearly above "
-                    "W_q alone; the differences among them are smaller than the spread between seeds. The paper's "
-                    "advice holds in that form: several attention matrices, W_v among them, at a small rank.")
+def _budget_runs() -> dict[str, list[float]]:
+    """The fixed-budget sweep (20,480 trainable numbers): target set -> accuracy per seed (mean of val and test)."""
+    import csv
+
+    from ..compare import RESULTS
+
+    runs: dict[str, list[float]] = {}
+    with (RESULTS / "lora_rank_sweep.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["experiment"] == "targets":
+                accuracy = (float(row["val_accuracy"]) + float(row["test_accuracy"])) / 2
+                runs.setdefault(row["targets"], []).append(accuracy)
+    return runs
+
+
+def _separated(runs: dict[str, list[float]]) -> list[tuple[str, str]]:
+    """The pairs of target sets whose runs do not overlap: every run of one above every run of the other."""
+    names = list(runs)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+            if min(runs[a]) > max(runs[b]) or min(runs[b]) > max(runs[a])]
+
+
+def check_separated_pairs(answer) -> bool:
+    """09: how many of the 10 pairs of target sets the strict test (no overlap of the seeds) tells apart."""
+    runs = _budget_runs()
+    pairs = _separated(runs)
+    n_pairs = len(runs) * (len(runs) - 1) // 2
+
+    def short(targets):
+        return targets.replace("_proj", "").replace(",", "+")
+
+    with_q = [p for p in pairs if "q_proj" in p]
+    return check_number(
+        answer, len(pairs), name="separated_pairs", rel_tol=0.01,
+        hint="for each of the 10 pairs, compare the lowest run of one target set with the highest run of the "
+             "other, both ways; count the pairs where one set's three runs all lie above the other's.",
+        explanation=f"{len(pairs)} of {n_pairs}: " + "; ".join(f"{short(a)} / {short(b)}" for a, b in pairs)
+                    + ". W_q alone and the MLP each lie below every attention choice that includes W_v, but not "
+                    "below each other, and W_v, W_q+W_v and all four projections overlap: three seeds cannot "
+                    "order them. The test is strict for a reason: if two choices were equally good, all three "
+                    "runs of one would still land above all three of the other's in 2 of the 20 equally likely "
+                    "orders of six runs.",
+        mistakes=[(len(with_q), "that counts W_q alone against the others; compare the MLP's runs with those "
+                                "of the attention choices too."),
+                  (n_pairs, "not every pair separates: W_v, W_q+W_v and all four projections overlap."),
+                  (0, "some pairs do separate: every run on W_q alone lies below every run on W_v."),
+                  (n_pairs - len(pairs), "that is the number of pairs whose runs overlap (or W_q alone against "
+                                         "all four others, but W_q's best run lies above two of the MLP's); count "
+                                         "the pairs the test separates.")])
