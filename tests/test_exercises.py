@@ -177,7 +177,7 @@ def test_a_stub_function_gets_the_replace_return_none_message(capsys):
 
     assert ex.check_block_parameters(block_parameters) is False
     out = capsys.readouterr().out
-    assert out.startswith("… `block_parameters` is not written yet") and "Replace `return None`" in out
+    assert out.startswith("… `block_parameters` is not written yet") and "replace its `return None`" in out
 
 
 def test_a_function_that_returns_none_only_later_is_a_cross(capsys):
