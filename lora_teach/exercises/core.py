@@ -52,9 +52,9 @@ def _instructions(code) -> list[tuple[str, object]]:
     return [(i.opname, i.argval) for i in dis.get_instructions(code)]
 
 
-def _not_written(name: str, call: str | None = None) -> bool:
-    """A function exercise still equal to its stub `return None`: one short line (the call's arguments, which can
-    be large tensors, are left out; `call` is accepted for the callers' convenience)."""
+def _not_written(name: str) -> bool:
+    """A function exercise still equal to its stub `return None`: one short line, without the call's arguments
+    (they can be large tensors)."""
     print(f"{WAITING} `{name}` is not written yet: replace its `return None` with your code, then run this cell "
           "again.")
     return False
@@ -188,7 +188,7 @@ def check_function(fn, *, name: str, cases: Sequence[tuple], reference: Callable
                            _diagnosis(diagnose, case, err) or hint)
         if got is None:
             if _is_stub(fn):  # still the stub: say what to write, as for a missing answer
-                return _not_written(name, call)
+                return _not_written(name)
             return _failed(f"{call} returned None: every path of your function must return its result.", hint)
         problem = _compare(got, expected, rtol, atol)
         if problem:

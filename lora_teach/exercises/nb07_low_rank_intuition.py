@@ -88,7 +88,7 @@ def check_low_rank_factors(fn) -> bool:
             return _failed(f"{call} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", hint)
         if got is None:
             if _is_stub(fn):
-                return _not_written(name, call)
+                return _not_written(name)
             return _failed(f"{call} returned None: every path of your function must return its result.", hint)
         if not (isinstance(got, (tuple, list)) and len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got)):
             if isinstance(got, torch.Tensor) and tuple(got.shape) == (m, n):

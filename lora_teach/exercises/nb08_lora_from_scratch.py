@@ -141,7 +141,7 @@ def check_lora_linear_forward(forward) -> bool:
         layer_class = forward
     elif callable(forward):
         if _is_stub(forward):
-            return _not_written(name, f"{name}(self, x)")
+            return _not_written(name)
         layer_class = type("MyLoRALinear", (LoRALinear,), {"forward": forward})  # the package's layer, your forward
     else:
         return _failed(f"`{name}` should be a function forward(self, x), got {_describe(forward)}.", hint)
@@ -250,7 +250,7 @@ def check_lora_injection(fn) -> bool:
                            hint)
         if model is None:
             if _is_stub(fn):
-                return _not_written(name, call)
+                return _not_written(name)
             return _failed(f"{call} returned None: end with `return model`.", hint)
         if not isinstance(model, nn.Module):
             return _failed(f"{call} returned {_describe(model)}, not the model.", "end with `return model`.")
