@@ -56,7 +56,7 @@ def _prefix_attention(q, k, v, prefix_k, prefix_v, causal=True, see_prefix=True)
 
 RIGHT = {
     "check_weights_megabytes": 834_560 * 4 / 1e6,
-    "check_linear_weight_shape": (512, 128),
+    "check_linear_by_hand": lambda x, weight, bias: x @ weight.T + bias,
     "check_always_austen_accuracy": 200 / 300,
     "check_block_parameters": lambda d: 12 * d * d + 13 * d,
     "check_frozen_mlp_share": (834_560 - 264_192 - 262_656) / 834_560,
@@ -78,7 +78,9 @@ RIGHT = {
 MISTAKES = [
     ("check_weights_megabytes", 834_560 * 4 / 2**20, "MiB"),
     ("check_weights_megabytes", 834_560 / 1e6, "4 bytes"),
-    ("check_linear_weight_shape", (128, 512), "(in_features, out_features)"),
+    ("check_linear_by_hand", lambda x, weight, bias: x @ weight + bias, "x @ weight.T"),
+    ("check_linear_by_hand", lambda x, weight, bias: x @ weight.T, "bias is missing"),
+    ("check_linear_by_hand", lambda x, weight, bias: x @ weight.T - bias, "added, not subtracted"),
     ("check_always_austen_accuracy", 66.7, "percentage"),
     ("check_always_austen_accuracy", 1 / 3, "balanced split"),
     ("check_block_parameters", lambda d: 12 * d * d + 9 * d, "layer norms"),
@@ -517,6 +519,15 @@ def _factors_old_svd(M, r):
     return U[:, :r], S[:r, None] * V[:, :r].T
 
 
+def _rank_8_error_of_block_0_q_proj():
+    """||W0 - (W0)_8||_F / ||W0||_F by building the rank-8 copy, not from the energy formula the check uses."""
+    from lora_teach import load_base_model
+
+    W = load_base_model("cpu").blocks[0].attn.q_proj.weight.detach().double()
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    return ((W - U[:, :8] @ torch.diag(S[:8]) @ Vh[:8]).norm() / W.norm()).item()
+
+
 def _factors_then_zero(M, r):
     B, A = _factors(M, r)
     M.zero_()
@@ -527,8 +538,8 @@ RIGHT.update({
     "check_break_even_rank": 102,
     "check_low_rank_factors": _factors,
     "check_rank_one_error": 4.1996 / math.hypot(5.6478, 4.1996),
-    "check_why_lora_works": "b",
-    "check_alpha_when_rank_grows": "c",  # notebook 08
+    "check_rank_8_weight_error": _rank_8_error_of_block_0_q_proj(),
+    "check_alpha_for_rank_32": 32 * 0.0187 / 0.0393,  # notebook 08, read from its table
 })
 
 
@@ -557,11 +568,13 @@ MISTAKES_07 = [
     ("check_rank_one_error", 4.1996 / 5.6478, "spectral"),
     ("check_rank_one_error", 4.1996**2 / (5.6478**2 + 4.1996**2), "square root"),
     ("check_rank_one_error", 59.67, "percentage"),
-    ("check_why_lora_works", "a", "never touches"),
-    ("check_why_lora_works", "d", "0.340"),
-    ("check_alpha_when_rank_grows", "a", "0.0098"),
-    ("check_alpha_when_rank_grows", "b", "about a half"),
-    ("check_alpha_when_rank_grows", "d", "unscaled column"),
+    ("check_rank_8_weight_error", 1 - 0.590, "square root"),
+    ("check_rank_8_weight_error", 0.590, "energy kept"),
+    ("check_rank_8_weight_error", 0.590**0.5, "size of what is kept"),
+    ("check_rank_8_weight_error", 64.0, "percentage"),
+    ("check_alpha_for_rank_32", 8, "halving"),
+    ("check_alpha_for_rank_32", 32, "double"),
+    ("check_alpha_for_rank_32", 64, "four times"),
 ]
 
 
@@ -735,7 +748,7 @@ LLAMA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 RIGHT.update({
     "check_llama_all_linear": LLAMA_ALL_LINEAR,
     "check_opt_attention_config": _lora_config(target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
-    "check_fused_qkv_lora": "c",
+    "check_fused_qkv_params": 24 * (768 + 3 * 768),
 })
 
 MISTAKES_11 = [
@@ -751,9 +764,9 @@ MISTAKES_11 = [
     ("check_opt_attention_config", _lora_config(target_modules=["q", "k"]), "PEFT refused"),
     ("check_opt_attention_config", _lora_config(target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
                                                 fan_in_fan_out=True), "Conv1D"),
-    ("check_fused_qkv_lora", "a", "share one A"),
-    ("check_fused_qkv_lora", "b", "transposes"),
-    ("check_fused_qkv_lora", "d", "unmerged"),
+    ("check_fused_qkv_params", 8 * (768 + 3 * 768), "share its A"),
+    ("check_fused_qkv_params", 3 * 8 * (768 + 768), "three separate"),
+    ("check_fused_qkv_params", 16 * (768 + 3 * 768), "need three"),
 ]
 
 

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from .core import (
-    _base_parameters,
-    _describe,
-    _failed,
-    _missing,
-    _passed,
-    check_number,
-)
+from .core import _base_parameters, _first_match, check_function, check_number
 
 
 def check_weights_megabytes(answer) -> bool:
@@ -32,19 +23,31 @@ def check_weights_megabytes(answer) -> bool:
                   (4 * n, "that is in bytes; divide by 10^6 for MB.")])
 
 
-def check_linear_weight_shape(answer) -> bool:
-    """00: the shape of nn.Linear(128, 512).weight."""
-    hint = "make one and look: `torch.nn.Linear(128, 512).weight.shape`."
-    if answer is None:
-        return _missing("weight_shape", hint)
-    if not isinstance(answer, (tuple, list, torch.Size)) or not all(
-            isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in answer):
-        return _failed(f"`weight_shape` should be a tuple of ints such as (3, 4), got {_describe(answer)}.", hint)
-    shape = tuple(int(n) for n in answer)
-    if shape == (512, 128):
-        return _passed("(512, 128) = (out_features, in_features). The layer computes y = x @ W.T + b, the "
-                       "papers' h = W x. Keep it in mind for LoRA: A is (r, in) and B is (out, r).")
-    if shape == (128, 512):
-        return _failed("(128, 512) is (in_features, out_features): PyTorch stores the weight the other way round.",
-                       "nn.Linear stores (out_features, in_features) and computes x @ W.T.")
-    return _failed(f"{shape} is not the shape of that weight.", hint)
+def check_linear_by_hand(fn) -> bool:
+    """00: linear_by_hand(x, weight, bias) computes what nn.Linear computes, from the weight it stores (out, in)."""
+    g = torch.Generator().manual_seed(0)  # a private stream: the learner's random numbers are left alone
+    cases = []
+    for shape, d_in, d_out in [((5, 3), 3, 4), ((2, 6, 8), 8, 3), ((1, 2, 7), 7, 7)]:
+        cases.append((torch.randn(*shape, generator=g), torch.randn(d_out, d_in, generator=g),
+                      torch.randn(d_out, generator=g)))
+
+    def reference(x, weight, bias):
+        return torch.nn.functional.linear(x, weight, bias)
+
+    def mistakes(case, got):
+        x, weight, bias = case
+        if isinstance(got, RuntimeError):  # the shapes did not fit: most often x @ weight
+            return ("`weight` is stored (out_features, in_features) and `x` has in_features on its last axis: "
+                    "multiply `x` by the transpose, `x @ weight.T`; that works for any number of axes in front.")
+        if isinstance(got, Exception):
+            return None
+        return _first_match(got, [(x @ weight.T, "the bias is missing: nn.Linear adds `bias` after the product."),
+                                  (x @ weight.T - bias, "the bias is added, not subtracted.")])
+
+    return check_function(
+        fn, name="linear_by_hand", arg_names=["x", "weight", "bias"], cases=cases, reference=reference,
+        diagnose=mistakes,
+        hint="nn.Linear computes y = x @ W.T + b, with W stored (out_features, in_features).",
+        explanation="x @ weight.T + bias: the weight is stored (out, in), so its transpose maps the last axis of x "
+                    "(in_features) to out_features, whatever the axes in front (batch, time). LoRA's A (r, in) and "
+                    "B (out, r) are stored the same way, which is why notebook 08 writes its update x @ A.T @ B.T.")

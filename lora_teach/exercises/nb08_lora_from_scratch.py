@@ -14,8 +14,8 @@ from .core import (
     _is_stub,
     _missing,
     _not_written,
-    check_choice,
     check_function,
+    check_number,
 )
 
 
@@ -305,18 +305,22 @@ def check_lora_merge(fn) -> bool:
         explanation="W + (alpha / r)·B A: one matrix again, so the merged layer costs no extra time at inference.")
 
 
-# for notebook 08 (its "More to think about" question on changing r): kept in this section on purpose
-def check_alpha_when_rank_grows(answer) -> bool:
-    """08: r = 8 -> 32 at fixed alpha = 8: how the first update's size changes, read from the measured table."""
-    return check_choice(
-        answer, "c", name="rank_32_update",
-        wrong={"a": "the table says otherwise: 0.0098 at r = 32 against 0.0187 at r = 8. On this measurement "
-                    "alpha / r removes the growth with r and then some.",
-               "b": "the factor alpha / r does fall 4 times, but the unscaled update grows with r (0.0187 at r = 8, "
-                    "0.0393 at r = 32), so the net change is about a half, not a quarter.",
-               "d": "that is the unscaled column (alpha = r: 0.0187 -> 0.0393). With alpha fixed at 8 the factor "
-                    "falls 4 times and more than cancels that growth."},
-        explanation="0.0098 against 0.0187: the unscaled update grows about like sqrt(r) here and alpha / r "
-                    "divides by r, so raising r at fixed alpha quietly lowers the effective learning rate. Doubling "
-                    "alpha to 16 would bring it back near the r = 8 size (0.5 × 0.0393); rsLoRA's alpha / sqrt(r) "
-                    "kept it nearly flat (0.0528 at r = 8, 0.0556 at r = 32).")
+def check_alpha_for_rank_32(answer) -> bool:
+    """08: the alpha that gives r = 32 the first update r = 8 had at alpha = 8, read from the measured table."""
+    expected = 8 * math.sqrt(32 / 8)  # the unscaled update grew about like sqrt(r): keep alpha / sqrt(r) fixed
+    return check_number(
+        answer, expected, name="alpha_at_32", rel_tol=0.1,
+        hint="the update at r = 32 is (alpha / 32) times the unscaled one (the table's column with alpha = r); "
+             "set it equal to the update at r = 8 with alpha = 8 and solve for alpha.",
+        explanation="about 15 to 16: the unscaled update about doubles from r = 8 to r = 32 (like sqrt(r) in this "
+                    "measurement), so alpha / 32 must be half of 8 / 8. Keeping alpha at 8 would halve the first "
+                    "update, and keeping alpha / r (alpha = 32) would double it. The rule behind the number, keep "
+                    "alpha / sqrt(r) fixed (8 · sqrt(32 / 8) = 16), is rsLoRA's scaling.",
+        mistakes=[(8, "alpha unchanged: the table's alpha / r column shows the first update about halving from r = 8 "
+                      "to r = 32."),
+                  (32, "that keeps alpha / r at 1, but the unscaled update itself about doubles from r = 8 to "
+                       "r = 32, so the first update would double too."),
+                  (64, "that doubles alpha / r; the unscaled update grows with r too, so the first update would "
+                       "grow about four times."),
+                  (4, "a smaller alpha shrinks the update further: at alpha = 8 the update at r = 32 is already "
+                      "smaller than at r = 8.")])

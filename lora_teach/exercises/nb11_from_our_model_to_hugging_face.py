@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from .core import _describe, _failed, _missing, _passed, check_choice
+from .core import _describe, _failed, _missing, _passed, check_number
 
 LLAMA_HINT = ("list every nn.Linear of a Llama block by its last name: four in attention, three in the gated "
               "MLP. \"all-linear\" leaves out only the output head.")
@@ -120,16 +120,23 @@ def check_opt_attention_config(config) -> bool:
                    "and the output projection in each of the 2 blocks.", OPT_HINT)
 
 
-def check_fused_qkv_lora(answer) -> bool:
-    """11: what one LoRA of rank r on GPT-2's fused c_attn is."""
-    return check_choice(
-        answer, "c", name="fused_qkv_lora",
-        wrong={"a": "the three share one A (r, d): the updates of q, k and v read the same r input directions, so "
-                    "they are not independent. Three separate rank-r adapters would reach rank 3r; the notebook "
-                    "printed 8 against 24.",
-               "b": "A is (r, in) and B (out, r) either way. fan_in_fan_out only transposes the update B A before "
-                    "it is added to the Conv1D weight, which is stored (in, out).",
-               "d": "LoRA trains unmerged on Conv1D as on nn.Linear; merging is for inference, after training. "
-                    "fan_in_fan_out=True is all the transposed storage asks for."},
-        explanation="the update of c_attn is B A with B (3d, r): its three row blocks are q's, k's and v's "
-                    "updates, all of them B_i A with the same A, so stacked they have rank at most r.")
+def check_fused_qkv_params(answer) -> bool:
+    """11: trainable numbers per block of the smallest LoRA on GPT-2 small's c_attn that holds three independent
+    rank-8 updates of q, k and v."""
+    d, r = 768, 8
+    expected = 3 * r * (d + 3 * d)  # rank 3r: A (3r, d) and B (3d, 3r)
+    return check_number(
+        answer, expected, name="fused_params", rel_tol=1e-9,
+        hint="stacked, three independent rank-8 updates have rank 24 (the notebook printed 24 for our size), so the "
+             "LoRA on c_attn needs r = 24; then count A (r, in) and B (out, r) of a 768 → 2304 layer.",
+        explanation="rank 24 on c_attn: A (24, 768) and B (2304, 24), 73,728 numbers a block, twice the 36,864 of "
+                    "three separate rank-8 LoRAs on 768 → 768 projections. To hold three separate adapters exactly, B "
+                    "needs only its three diagonal blocks (the rest stays zero): that is how save_peft_adapter "
+                    "writes our q and v adapters for GPT-2, at rank 16.",
+        mistakes=[(r * (d + 3 * d), "that is one LoRA of rank 8 on c_attn: q, k and v share its A, so together "
+                                    "their updates have rank 8 at most, not three independent rank-8 updates."),
+                  (3 * r * (d + d), "that is three separate rank-8 LoRAs on 768 → 768 layers; GPT-2 has one layer, "
+                                    "c_attn (768 → 2304), and one LoRA on it must reach rank 24."),
+                  (2 * r * (d + 3 * d), "rank 16 holds two independent rank-8 updates (q and v); q, k and v "
+                                        "need three."),
+                  (3 * r * (d + 3 * d) * 12, "that is for all 12 blocks; the question asks per block.")])
