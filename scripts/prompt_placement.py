@@ -11,10 +11,9 @@ for prompt tuning on that task (`lora_teach/results/lr_grid.csv`, validation onl
 - steps: evaluated on the test split at 100 steps (the comparison's budget, `compare.STEPS`), 200, 300 and 400
   (4x). The schedule is constant, so the evaluation at 100 steps is the same model a 100-step run ends with.
 Rows (one per run and evaluation step) are appended to `lora_teach/results/prompt_placement.csv` as runs
-finish; a restart skips finished runs. Running time: not measured on a quiet machine; on 2026-11-30, on two
-cores shared with other jobs (load average 4 to 14), 130 to 290 s per 400-step run. The shipped CSV holds the
-12 author-task runs and the 6 sentence-task runs with the label loss; the sentence task's decision-loss runs
-were not run (a restart would add them).
+finish; a restart skips finished runs. Running time: about 43 s per 400-step run on two quiet cores (the
+sentence task's 6 decision-loss runs, 4.4 min, on 2026-11-30); on cores shared with other jobs (load average 4
+to 14), 130 to 290 s. The shipped CSV holds all 24 runs.
 """
 
 from __future__ import annotations
