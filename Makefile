@@ -1,11 +1,27 @@
-# Two commands run the course (see README):
+# `make` alone lists every target (`make help`). The two that run the course (see README):
 #   make lab    set everything up and open the course in JupyterLab
 #   make test   set everything up and run the whole test suite (unit tests + every notebook through nbval)
+# Every script of the repository has a target below; ARGS passes options to it, e.g. `make lr-grid ARGS=--quick`.
+# A line `target: ... ## what it does` is what `make help` prints; `##@ Title` starts a group.
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+# HF_HUB_OFFLINE=1: nothing here reaches the Hugging Face Hub (tests/test_hf.py also refuses sockets).
+RUN = HF_HUB_OFFLINE=1 $(BIN)/python
+ARGS ?=
+NB ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+FAST = not slow and not notebooks and not browser
 
-.PHONY: lab test lint setup setup-dev sweep clean
+.DEFAULT_GOAL := help
+.PHONY: help setup setup-dev lab clean test test-fast test-notebooks check-rerun lint \
+	run-notebooks budget budget-docs headers check-headers teacher student html \
+	pretrain-base precompute-lora-updates lr-grid prompt-placement sweep-lora-rank \
+	compare-methods lora-performance qlora-performance method-timings lora-family
+
+##@ Set up and open the course
+help: ## list every target with what it does (the default target)
+	@awk 'BEGIN {FS = ":.*## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} \
+	/^[a-z][a-z0-9-]*:.*## / {printf "  make %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,37 +35,87 @@ $(VENV)/.dev: $(VENV)/.course requirements-dev.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-setup: $(VENV)/.course
-setup-dev: $(VENV)/.dev
+setup: $(VENV)/.course ## create .venv/ with what the course needs (requirements.txt and the package)
+setup-dev: $(VENV)/.dev ## add what the tests, the benchmarks and the linter need (requirements-dev.txt)
 
-lab: setup
+lab: setup ## open the course in JupyterLab
 	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
 
-# HF_HUB_OFFLINE=1: the notebooks and tests never reach the Hugging Face Hub (tests/test_hf.py also refuses sockets).
-test: setup-dev
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
-
-lint: setup-dev
-	$(BIN)/ruff check .
-
-sweep: setup-dev
-	$(BIN)/python scripts/sweep_lora_rank.py
-
-clean:
+clean: ## remove .venv/, build/ and the caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-# Editions of the course (docs/WORKSHOP.md), built from notebooks/ (the learner's edition, with each solution
-# folded under its exercise); all write into build/, which git ignores.
-#   make teacher  solutions filled in between nbgrader's `### BEGIN SOLUTION` markers (an nbgrader source)
-#   make student  the folded solutions removed, for a class that gets the solutions later
-#   make html     the static HTML edition (nbconvert), figures in place of widgets
-.PHONY: teacher student html
+##@ Tests and checks
+test: setup-dev ## every test: unit tests, every notebook (nbval + memory check), the browser test
+	$(RUN) -m pytest
 
-teacher: setup
-	$(BIN)/python scripts/build_editions.py teacher
+# test-fast runs torch on one thread: the tests' models are tiny, and on a busy machine torch's two threads wait
+# on each other (measured at load average 7 on two cores: 95 s with one thread, 463 s with two).
+test-fast: setup-dev ## the package's tests without notebooks, browser or slow tests (under two minutes)
+	OMP_NUM_THREADS=1 $(RUN) -m pytest tests -m "$(FAST)" -q
 
-student: setup
-	$(BIN)/python scripts/build_editions.py student
+test-notebooks: setup-dev ## only the notebooks through nbval, each with its kernel's memory check
+	$(RUN) -m pytest notebooks
 
-html: setup
-	$(BIN)/python scripts/build_html.py
+check-rerun: setup-dev ## each notebook with every cell run twice, reverse order (outside CI: twice the time)
+	$(RUN) tools/check_memory_limit.py $(ARGS)
+
+lint: setup-dev ## ruff over the package, tools, experiments, benchmarks, tests and notebooks
+	$(BIN)/ruff check .
+
+##@ Notebooks (tools/)
+run-notebooks: setup ## execute notebooks in place, as committed (NB=notebooks/03_adapters.ipynb; default all)
+	$(RUN) tools/run_notebook.py $(NB)
+
+budget: setup ## measure each notebook's run time and kernel peak RSS (ARGS="--runs 3")
+	$(RUN) tools/notebook_budget.py $(ARGS)
+
+budget-docs: setup ## measure three runs; write the figures into README, docs/WORKSHOP.md, the headers
+	$(RUN) tools/notebook_budget.py --runs 3 --update-docs $(ARGS)
+
+headers: setup ## write the Colab / Binder badges and the Colab set-up cell into every notebook
+	$(RUN) tools/sync_notebook_headers.py $(ARGS)
+
+check-headers: setup ## exit 1 if a notebook's badges or Colab set-up cell are out of sync
+	$(RUN) tools/sync_notebook_headers.py --check
+
+##@ Editions of the course, into build/ (git-ignored; docs/WORKSHOP.md)
+teacher: setup ## solutions filled in between nbgrader's markers, into build/teacher/
+	$(RUN) tools/build_editions.py teacher $(ARGS)
+
+student: setup ## the folded solutions removed, into build/student/
+	$(RUN) tools/build_editions.py student $(ARGS)
+
+html: setup ## the static HTML edition (figures in place of widgets), into build/html/
+	$(RUN) tools/build_html.py $(ARGS)
+
+##@ Experiments (long runs; their results ship in lora_teach/)
+pretrain-base: setup ## pretrain the base model into lora_teach/weights/ (about 15 minutes)
+	$(RUN) experiments/pretrain_base.py $(ARGS)
+
+precompute-lora-updates: setup ## the adapters notebook 08's viewer shows (lora_teach/data/precomputed/)
+	$(RUN) experiments/precompute_lora_updates.py $(ARGS)
+
+lr-grid: setup ## every method at four learning rates and two seeds (about 27 minutes; ARGS=--quick)
+	$(RUN) experiments/lr_grid.py $(ARGS)
+
+prompt-placement: setup ## soft prompts before or after the passage (about 17 minutes; ARGS=--quick)
+	$(RUN) experiments/prompt_placement.py $(ARGS)
+
+sweep-lora-rank: setup ## notebook 09's sweep of LoRA's rank, alpha and targets (about 10 minutes)
+	$(RUN) experiments/sweep_lora_rank.py $(ARGS)
+
+compare-methods: setup ## every method at its chosen rate, three seeds: the README's table (ARGS=--quick)
+	$(RUN) experiments/compare_methods.py $(ARGS)
+
+##@ Benchmarks (results in lora_teach/results/)
+lora-performance: setup-dev ## our LoRA's step against PEFT's and full fine-tuning; merged inference; memory
+	$(RUN) benchmarks/lora_performance.py $(ARGS)
+
+qlora-performance: setup-dev ## QLoRA's 4-bit base: bytes, step against LoRA's, NF4 against bitsandbytes
+	$(RUN) benchmarks/qlora_performance.py $(ARGS)
+
+method-timings: setup ## every method's training step and served forward pass, as notebook 10 reports them
+	$(RUN) benchmarks/method_timings.py $(ARGS)
+
+lora-family: setup-dev ## rsLoRA, DoRA, PiSSA and LoRA+ side by side, for notebook 13 (ARGS=--quick)
+	$(RUN) benchmarks/lora_family.py $(ARGS)

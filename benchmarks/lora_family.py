@@ -7,9 +7,9 @@
     python benchmarks/lora_family.py --part dora                         # DoRA's magnitude and direction
     python benchmarks/lora_family.py --quick                             # everything, tiny, into a temp dir
 
-Every variant is LoRA on q_proj and v_proj of the same base, trained by the same loop (`train_groups`: the loop
-of `lora_teach.training.train` with constant rate, warm-up 0, weight decay 0 and clipping at 1.0, but taking
-optimizer parameter groups, so that LoRA+ can give B its own rate) on the same batches for the same seeds.
+Every variant is LoRA on q_proj and v_proj of the same base, trained by the same loop (`lora_teach.training.train`
+with constant rate, warm-up 0, weight decay 0 and clipping at 1.0; LoRA+ passes its optimizer groups, so that B
+gets its own rate) on the same batches for the same seeds.
 Learning rates by default: a validation grid of three rates per variant and task on the first seed; the rate
 with the best validation figure then runs the second seed; the table reports the test split over the seeds.
 Grid files are appended per shard (`--shard`), so parallel runs do not share a file, and a finished run is not
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import statistics
 import sys
 import tempfile
@@ -43,18 +42,12 @@ import torch
 
 from lora_teach import load_base_model
 from lora_teach.compare import make_task, served_forward
-from lora_teach.lora import (
-    LoRAConfig,
-    add_adapter,
-    apply_lora,
-    forward_with_adapters,
-    loraplus_param_groups,
-    merge_lora,
-    set_adapter,
-    unmerge_lora,
-)
+from lora_teach.lora import LoRAConfig, apply_lora, merge_lora, unmerge_lora
+from lora_teach.lora_variants import loraplus_param_groups
 from lora_teach.measure import count_parameters, interleaved_times, training_step
-from lora_teach.training import SEED, seed_everything
+from lora_teach.results import append_row, read_csv, write_csv
+from lora_teach.serving import add_adapter, forward_with_adapters, set_adapter
+from lora_teach.training import SEED, seed_everything, train
 
 OUT = Path(__file__).resolve().parents[1] / "lora_teach" / "results"
 TARGETS = ("q_proj", "v_proj")
@@ -78,35 +71,10 @@ def build_variant(name: str, base: torch.nn.Module) -> torch.nn.Module:
     return apply_lora(copy.deepcopy(base), config)
 
 
-def param_groups(name: str, model: torch.nn.Module, lr: float) -> list[dict]:
-    """One group at `lr`, or LoRA+'s groups (B at ratio x lr)."""
+def param_groups(name: str, model: torch.nn.Module, lr: float) -> list[dict] | None:
+    """LoRA+'s optimizer groups (B at ratio x lr), or None: one group of every trainable tensor at `lr`."""
     ratio = VARIANTS[name][1]
-    if ratio is None:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
-    return loraplus_param_groups(model, lr=lr, loraplus_lr_ratio=ratio)
-
-
-def train_groups(model, task, groups, *, steps: int, batch_size: int, seed: int, callback=None) -> list[float]:
-    """lora_teach.training.train's loop (constant rate, no warm-up, no weight decay, clipping at 1.0, the same
-    batches for a seed) over optimizer parameter groups; returns the losses."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    losses = []
-    model.train()
-    for step in range(steps):
-        x, y, mask = task.train_batch(batch_size, generator)
-        _, loss = model(x, y, loss_mask=mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if callback is not None:
-            callback(step + 1, model)
-    model.eval()
-    return losses
+    return None if ratio is None else loraplus_param_groups(model, lr=lr, loraplus_lr_ratio=ratio)
 
 
 def figure(task, model, split: str) -> float:
@@ -120,7 +88,8 @@ def one_run(name: str, task_name: str, base, lr: float, seed: int, steps: int) -
     seed_everything(seed)
     model = build_variant(name, base)
     start = time.perf_counter()
-    losses = train_groups(model, task, param_groups(name, model, lr), steps=steps, batch_size=BATCH, seed=seed)
+    losses = train(model, task, steps=steps, lr=lr, batch_size=BATCH, seed=seed, progress=False,
+                   param_groups=param_groups(name, model, lr)).loss
     return {"variant": name, "task": task_name, "lr": lr, "seed": seed, "steps": steps,
             "trainable": count_parameters(model)[0], "train_loss_end": statistics.mean(losses[-10:]),
             "val": figure(task, model, "val"), "test": figure(task, model, "test"),
@@ -134,18 +103,18 @@ def better(task_name: str, a: float, b: float) -> bool:
 def grid(base, tasks, variants, out: Path, steps: int, grid_lrs=GRID, seeds=SEEDS, shard: str = "") -> list[dict]:
     """The validation grid on the first seed, then the other seeds at the chosen rate; appends to the CSV."""
     path = out / f"lora_family_grid{shard}.csv"
-    done = {(r["variant"], r["task"], float(r["lr"]), int(r["seed"])) for r in read_csv(path)}
+    done = {(r["variant"], r["task"], float(r["lr"]), int(r["seed"])) for r in read_csv(path, missing_ok=True)}
     rows = []
     for task_name in tasks:
         for name in variants:
             found = {}
             for lr in grid_lrs:
                 key = (name, task_name, lr, seeds[0])
-                row = next((r for r in read_csv(path) if (r["variant"], r["task"], float(r["lr"]),
+                row = next((r for r in read_csv(path, missing_ok=True) if (r["variant"], r["task"], float(r["lr"]),
                                                           int(r["seed"])) == key), None) if key in done else None
                 if row is None:
                     row = one_run(name, task_name, base, lr, seeds[0], steps)
-                    append_csv(path, row)
+                    append_row(path, row)
                     print(f"{name:12s} {task_name:12s} lr {lr:g} seed {seeds[0]}: val {row['val']:.4f}", flush=True)
                 found[lr] = float(row["val"])
             best = grid_lrs[0]
@@ -155,7 +124,7 @@ def grid(base, tasks, variants, out: Path, steps: int, grid_lrs=GRID, seeds=SEED
             for seed in seeds[1:]:
                 if (name, task_name, best, seed) not in done:
                     row = one_run(name, task_name, base, best, seed, steps)
-                    append_csv(path, row)
+                    append_row(path, row)
                     print(f"{name:12s} {task_name:12s} lr {best:g} seed {seed}: val {row['val']:.4f}", flush=True)
     return rows
 
@@ -290,40 +259,17 @@ def dora_figure(base, out: Path, steps: int, every: int, rates: dict) -> list[di
     for method in ("full", "LoRA", "DoRA"):
         seed_everything(SEED)
         model = copy.deepcopy(base).requires_grad_(True) if method == "full" else build_variant(method, base)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": rates[method]}]
 
-        def record(step, m, method=method):
+        def record(step, loss, history, model=model, method=method):
             if step % every == 0:
-                for layer, w in effective_q_weights(m).items():
+                for layer, w in effective_q_weights(model).items():
                     dm, dd = magnitude_direction(w0[layer], w)
                     rows.append({"method": method, "layer": layer, "step": step, "delta_m": dm, "delta_d": dd})
 
-        train_groups(model, task, groups, steps=steps, batch_size=BATCH, seed=SEED, callback=record)
+        train(model, task, steps=steps, lr=rates[method], batch_size=BATCH, seed=SEED, progress=False,
+              callback=record)
     write_csv(out / "dora_magnitude_direction.csv", rows)
     return rows
-
-
-def read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_csv(path: Path, row: dict) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows([{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows])
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,10 @@ the layer norms. Pfeiffer et al. keep only the one after the feed-forward sublay
 sits in series with the frozen layers, so it cannot be folded into their weights: it costs time at inference.
 
 Verbs: `Adapter` (the module), `add_adapters` (insert, freeze the rest), `adapter_state_dict` (what to save).
+
+Names: PEFT has no bottleneck adapters, so there is no PEFT name to keep. The size is `bottleneck`, the adapter's
+hidden width m; what a task stores is `adapter_state_dict(model)`, named like LoRA's `lora_state_dict`. There is
+nothing to do before serving: an adapter cannot be merged into the frozen weights.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Open-in-Colab and Binder badges and the Colab set-up cell, all made from one repository URL.
 
-The URL lives in one place, `[project.urls] Repository` in pyproject.toml. `scripts/sync_notebook_headers.py`
+The URL lives in one place, `[project.urls] Repository` in pyproject.toml. `tools/sync_notebook_headers.py`
 writes the badges (into each notebook's title cell) and the set-up cell (its first code cell) from it, and
 `tests/test_colab_binder.py` checks that every notebook matches. Notebooks are dicts in nbformat 4's layout.
 """

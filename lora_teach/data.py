@@ -17,6 +17,7 @@ from importlib import resources
 
 import torch
 
+from .evaluation import classification_metrics
 from .tokenizer import CharTokenizer
 
 CORPORA = {
@@ -170,21 +171,10 @@ class ClassificationTask:
         model.train(was_training)
         return torch.cat(preds)
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str = "val") -> dict:
-        """Accuracy, and the loss on the label words, on the 'val' or 'test' split."""
-        if split not in ("val", "test"):
-            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-        examples = self.val if split == "val" else self.test
-        gold = torch.tensor([self.labels.index(ex.label) for ex in examples])
-        pred = self.predict(model, examples)
-        was_training = model.training
-        model.eval()
-        dev = _device_of(model)
-        x, y, mask = self.encode(examples)
-        _, loss = model(x.to(dev), y.to(dev), loss_mask=mask.to(dev))
-        model.train(was_training)
-        return {"accuracy": (pred == gold).float().mean().item(), "label_loss": loss.item()}
+        """Accuracy, label loss, decision loss and confusion counts on the 'val' or 'test' split, from one
+        forward pass per batch (`lora_teach.evaluation.classification_metrics`)."""
+        return classification_metrics(self, model, split)
 
 
 def _clean(text: str) -> str:

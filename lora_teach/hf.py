@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from .lora import DEFAULT, LoRALinear, lora_layers
+from .lora import DEFAULT, LoRALinear, lora_layers, mark_only_lora_as_trainable
 from .model import GPT, GPTConfig, read_safetensors
 from .tokenizer import VOCAB, CharTokenizer
 
@@ -240,7 +240,8 @@ def _peft_targets(names: list[str], architecture: str) -> list[str]:
 def save_peft_adapter(model: nn.Module, path: str | Path, architecture: str = "opt",
                       base_model_name_or_path: str | None = None) -> Path:
     """Write the LoRA adapter of a course model as PEFT does, for `to_transformers(base, architecture)`:
-    adapter_config.json (PEFT's LoraConfig) and adapter_model.safetensors (PEFT's tensor names).
+    adapter_config.json (PEFT's LoraConfig) and adapter_model.safetensors (PEFT's tensor names). The default
+    adapter is written, plain LoRA only: DoRA and PiSSA are refused.
 
     On GPT-2, q, k and v share one `c_attn`: their LoRA layers become one LoRA of c_attn whose A stacks theirs
     and whose B is block-diagonal (rank = the sum of their ranks, written to `rank_pattern` / `alpha_pattern`
@@ -259,7 +260,11 @@ def save_peft_adapter(model: nn.Module, path: str | Path, architecture: str = "o
     if off:
         raise ValueError(f"the adapter {DEFAULT!r} is switched off in {off}; the file would load switched on: "
                          f"call enable_adapter_by_name(model, {DEFAULT!r}) first")
-    settings = {n: (m.r, m.alpha, m.use_rslora, _dropout(m)) for n, m in layers.items()}
+    family = [n for n, m in layers.items() if DEFAULT in m.lora_magnitude or m.init_lora_weights[DEFAULT] == "pissa"]
+    if family:
+        raise ValueError(f"save_peft_adapter writes plain LoRA; the default adapter of {family} uses DoRA or PiSSA. "
+                         "Save it with lora_teach.lora.save_adapter (DoRA), or merge it in first (PiSSA)")
+    settings = {n: (m.r[DEFAULT], m.alpha[DEFAULT], m.use_rslora[DEFAULT], _dropout(m)) for n, m in layers.items()}
     if len(set(settings.values())) > 1:
         raise ValueError(f"save_peft_adapter expects one r, alpha, use_rslora and dropout for all layers, "
                          f"got {settings}")
@@ -269,8 +274,8 @@ def save_peft_adapter(model: nn.Module, path: str | Path, architecture: str = "o
     for name, layer in layers.items():
         if architecture == "gpt2" and name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1] in _QKV:
             continue
-        tensors[f"base_model.model.{hf_names[name]}.lora_A.weight"] = layer.lora_A.detach()
-        tensors[f"base_model.model.{hf_names[name]}.lora_B.weight"] = layer.lora_B.detach()
+        tensors[f"base_model.model.{hf_names[name]}.lora_A.weight"] = layer.lora_A[DEFAULT].detach()
+        tensors[f"base_model.model.{hf_names[name]}.lora_B.weight"] = layer.lora_B[DEFAULT].detach()
     if architecture == "gpt2":
         tensors.update(_fused_qkv(layers, model.config, ranks))
     fused = ranks.pop() if ranks else r
@@ -293,7 +298,9 @@ def save_peft_adapter(model: nn.Module, path: str | Path, architecture: str = "o
 
 
 def _dropout(layer: LoRALinear) -> float:
-    return layer.lora_dropout.p if isinstance(layer.lora_dropout, nn.Dropout) else 0.0
+    """The dropout rate of the layer's default adapter."""
+    dropout = layer.lora_dropout[DEFAULT]
+    return dropout.p if isinstance(dropout, nn.Dropout) else 0.0
 
 
 def _fused_qkv(layers: dict[str, LoRALinear], cfg: GPTConfig, ranks: set) -> dict[str, torch.Tensor]:
@@ -304,13 +311,13 @@ def _fused_qkv(layers: dict[str, LoRALinear], cfg: GPTConfig, ranks: set) -> dic
         if not present:
             continue
         parts = [layers[f"blocks.{i}.{n}"] for n in present]
-        A = torch.cat([p.lora_A.detach() for p in parts])  # (sum of r, in)
+        A = torch.cat([p.lora_A[DEFAULT].detach() for p in parts])  # (sum of r, in)
         B = A.new_zeros(3 * d, A.shape[0])  # (3d, sum of r): q rows, then k, then v
         col = 0
         for n, p in zip(present, parts, strict=True):
             row = _QKV.index(n) * d
-            B[row:row + d, col:col + p.r] = p.lora_B.detach()
-            col += p.r
+            B[row:row + d, col:col + p.r[DEFAULT]] = p.lora_B[DEFAULT].detach()
+            col += p.r[DEFAULT]
         ranks.add(A.shape[0])
         name = hf_module_name(f"blocks.{i}.attn.q_proj", "gpt2")
         out[f"base_model.model.{name}.lora_A.weight"] = A
@@ -413,15 +420,11 @@ def load_peft_adapter(model: GPT, path: str | Path) -> GPT:
     for name, (r, alpha, A, b) in new_layers.items():  # every check has passed: now change the model
         layer = LoRALinear(model.get_submodule(name), r, alpha, dropout, rslora)
         with torch.no_grad():
-            layer.lora_A.copy_(A)
-            layer.lora_B.copy_(b)
+            layer.lora_A[DEFAULT].copy_(A)
+            layer.lora_B[DEFAULT].copy_(b)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer)
-    model.requires_grad_(False)
-    for layer in lora_layers(model).values():
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
-    return model
+    return mark_only_lora_as_trainable(model)
 
 
 def _pattern(pattern: dict, module: str, default):

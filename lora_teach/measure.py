@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import save_file
 
+from .training import train_step
+
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; a tensor shared by two modules is counted once."""
@@ -70,21 +72,19 @@ def activation_memory(model: torch.nn.Module, batch) -> int:
 
 
 def training_step(model: torch.nn.Module, batch, *, lr: float = 1e-3) -> Callable[[], None]:
-    """A function that runs one full training step (forward, backward, AdamW update) of `model` on `batch`.
+    """A function that runs one training step of `model` on `batch`, the very step `train` takes
+    (`lora_teach.training.train_step`: forward, backward, gradient clipping, AdamW update).
 
     It really updates the trainable parameters, so time a throwaway model."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters to time a training step with")
     opt = torch.optim.AdamW(params, lr=lr)
-    x, y, mask = (t.to(params[0].device) for t in batch)
+    batch = tuple(t.to(params[0].device) for t in batch)
 
     def step() -> None:
         model.train()
-        _, loss = model(x, y, loss_mask=mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, batch)
 
     return step
 
@@ -106,7 +106,7 @@ def _check_counts(**counts) -> None:
 
 
 def step_time(model: torch.nn.Module, batch, *, steps: int = 10, warmup: int = 3, lr: float = 1e-3) -> float:
-    """Median seconds of one full training step (forward, backward, AdamW update) on `batch`.
+    """Median seconds of one training step (`training_step`: forward, backward, clipping, AdamW update) on `batch`.
 
     Works on a copy of nothing: it really updates the trainable parameters, so time a throwaway model."""
     _check_counts(steps=(steps, 1), warmup=(warmup, 0))

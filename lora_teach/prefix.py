@@ -5,6 +5,11 @@ K_l = [P_k^l ; W_k x], V_l = [P_v^l ; W_v x]. These are not input tokens: they a
 positions, and are not produced by the layers below. During training the prefix comes from a small MLP
 (embedding P x d -> Linear -> tanh -> Linear -> 2·L·d), which the paper found more stable than optimising
 the prefix directly; after training only the resulting 2·L·P·d numbers are kept (`freeze_prefix`).
+
+Our names and PEFT's (`PrefixTuningConfig`): the number of slots P is `num_virtual_tokens`, PEFT's name;
+`reparam` is PEFT's `prefix_projection` and `hidden` its `encoder_hidden_size` (the embedding and MLP together
+are PEFT's `PrefixEncoder`); what a task stores is `get_prompt_embedding_to_save()`, PEFT's name. PEFT has no
+verb for `freeze_prefix`: a PEFT prefix checkpoint already holds the MLP's output, not the MLP.
 """
 
 from __future__ import annotations
@@ -18,31 +23,32 @@ def _is_positive_int(value) -> bool:
 
 
 class PrefixTuning(nn.Module):
-    """Wrap a GPT with a trainable prefix of `prefix_len` (key, value) slots per layer; freezes the GPT.
+    """Wrap a GPT with a trainable prefix of `num_virtual_tokens` (key, value) slots per layer; freezes the GPT.
 
     `reparam=True` produces the prefix with the MLP (`hidden` units); `reparam=False` optimises the prefix
     tensors directly, starting from the very tensors the MLP would give at init (so only the
     parameterisation differs). `forward(idx, targets=None, *, loss_mask=None)` -> (logits, loss), like GPT."""
 
-    def __init__(self, model: nn.Module, prefix_len: int, reparam: bool = True, hidden: int = 256):
+    def __init__(self, model: nn.Module, num_virtual_tokens: int, reparam: bool = True, hidden: int = 256):
         super().__init__()
         if not isinstance(getattr(model, "blocks", None), nn.ModuleList):
             raise TypeError(f"expected a lora_teach GPT (a model with .blocks), got {type(model).__name__}")
         block_size = model.config.block_size
-        if not _is_positive_int(prefix_len):
-            raise ValueError(f"prefix_len must be a positive int, got {prefix_len!r}")
-        if prefix_len >= block_size:
-            raise ValueError(f"prefix_len ({prefix_len}) must be smaller than block_size ({block_size}): "
-                             "prefix and sequence together must fit in block_size")
+        if not _is_positive_int(num_virtual_tokens):
+            raise ValueError(f"num_virtual_tokens must be a positive int, got {num_virtual_tokens!r}")
+        if num_virtual_tokens >= block_size:
+            raise ValueError(f"num_virtual_tokens ({num_virtual_tokens}) must be smaller than block_size "
+                             f"({block_size}): prefix and sequence together must fit in block_size")
         if not isinstance(reparam, bool):
             raise TypeError(f"reparam must be True or False, got {reparam!r}")
         if not _is_positive_int(hidden):
             raise ValueError(f"hidden must be a positive int (the MLP width), got {hidden!r}")
         cfg = model.config
         self.base_model = model.requires_grad_(False)
-        self.prefix_len, self.n_layer, self.n_embd = prefix_len, cfg.n_layer, cfg.n_embd
+        self.num_virtual_tokens, self.n_layer, self.n_embd = num_virtual_tokens, cfg.n_layer, cfg.n_embd
         like = next(model.parameters())  # the prefix follows the model's device and dtype
-        self.embedding = nn.Parameter(torch.randn(prefix_len, cfg.n_embd).to(like.device, like.dtype))  # P' (P, d)
+        start = torch.randn(num_virtual_tokens, cfg.n_embd)  # P' (P, d): the MLP's input
+        self.embedding = nn.Parameter(start.to(like.device, like.dtype))
         self.mlp = nn.Sequential(
             nn.Linear(cfg.n_embd, hidden), nn.Tanh(), nn.Linear(hidden, 2 * cfg.n_layer * cfg.n_embd)
         ).to(like.device, like.dtype)
@@ -63,7 +69,7 @@ class PrefixTuning(nn.Module):
         if self.mlp is None:
             return self.prefix
         flat = self.mlp(self.embedding)  # (P, d) -> (P, hidden) -> (P, 2*L*d)
-        return flat.view(self.prefix_len, self.n_layer, 2, self.n_embd).permute(1, 2, 0, 3)  # (L, 2, P, d)
+        return flat.view(self.num_virtual_tokens, self.n_layer, 2, self.n_embd).permute(1, 2, 0, 3)  # (L, 2, P, d)
 
     def prefix_key_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One (key, value) pair per layer, each (P, d): what GPT's `prefix=` entry point takes."""
@@ -85,8 +91,8 @@ class PrefixTuning(nn.Module):
         self.prefix.requires_grad_(False)
         return self
 
-    def export_prefix(self) -> dict[str, torch.Tensor]:
-        """What a task checkpoint holds: {"prefix_keys", "prefix_values"}, each (L, P, d), detached."""
+    def get_prompt_embedding_to_save(self) -> dict[str, torch.Tensor]:
+        """What a task checkpoint holds (PEFT's name): {"prefix_keys", "prefix_values"}, each (L, P, d), detached."""
         with torch.no_grad():
             tensors = self.prefix_tensors().detach().clone()  # (L, 2, P, d)
         return {"prefix_keys": tensors[:, 0].contiguous(), "prefix_values": tensors[:, 1].contiguous()}
@@ -97,8 +103,8 @@ class PrefixTuning(nn.Module):
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"idx must be a tensor of token ids (batch, time), got {type(idx).__name__}")
         T = idx.shape[-1]
-        limit = self.base_model.config.block_size
-        if self.prefix_len + T > limit:
-            raise ValueError(f"prefix_len ({self.prefix_len}) + sequence length ({T}) exceeds block_size "
-                             f"({limit}): feed sequences of at most {limit - self.prefix_len} tokens")
+        limit, n = self.base_model.config.block_size, self.num_virtual_tokens
+        if n + T > limit:
+            raise ValueError(f"num_virtual_tokens ({n}) + sequence length ({T}) exceeds block_size ({limit}): "
+                             f"feed sequences of at most {limit - n} tokens")
         return self.base_model(idx, targets, prefix=self.prefix_key_values(), loss_mask=loss_mask)

@@ -1,4 +1,5 @@
-"""One training loop for every method, and the course's single place for seeds."""
+"""One training loop for every method, built on one training step (`train_step`, which `lora_teach.measure`
+times too), and the course's single place for seeds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 SEED = 1337  # the course's one seed
+GRAD_CLIP = 1.0  # the gradient norm every training step clips to
 
 
 def seed_everything(seed: int = SEED) -> torch.Generator:
@@ -55,12 +57,42 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, schedule: str) -> float
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch, grad_clip: float | None = GRAD_CLIP
+               ) -> torch.Tensor:
+    """One update of the parameters `opt` holds: forward on `batch` = (x, y, loss_mask), backward, clip the
+    gradient norm to `grad_clip` (None or 0: no clipping), optimizer step. Returns the loss, detached."""
+    x, y, mask = batch
+    _, loss = model(x, y, loss_mask=mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], grad_clip)
+    opt.step()
+    return loss.detach()
+
+
+def _check_groups(param_groups) -> list[dict]:
+    """Optimizer groups as train takes them: a non-empty list of dicts, each with a non-empty "params" list."""
+    ok = isinstance(param_groups, (list, tuple)) and param_groups and all(
+        isinstance(g, dict) and isinstance(g.get("params"), (list, tuple)) for g in param_groups)
+    if not ok:
+        raise ValueError("param_groups must be a non-empty list of dicts like {'params': [...], 'lr': 1e-3}, as "
+                         f"torch.optim takes them; got {param_groups!r:.80}")
+    frozen = sum(not p.requires_grad for g in param_groups for p in g["params"])
+    if frozen:
+        raise ValueError(f"param_groups holds {frozen} tensors with requires_grad=False: they would never train")
+    return [dict(g, params=list(g["params"])) for g in param_groups]
+
+
 def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: int = 32, weight_decay: float = 0.0,
-          warmup: int = 0, schedule: str = "constant", grad_clip: float | None = 1.0, seed: int = SEED,
+          warmup: int = 0, schedule: str = "constant", grad_clip: float | None = GRAD_CLIP, seed: int = SEED,
           eval_every: int | None = None, eval_task=None, eval_at_start: bool = False, progress: bool = True,
-          callback=None) -> History:
+          callback=None, param_groups: list[dict] | None = None) -> History:
     """Train the parameters of `model` that require grad with AdamW on `task.train_batch` batches.
 
+    `param_groups` (optional) are optimizer groups as torch.optim takes them, each with its own "lr" (LoRA+:
+    `lora_teach.lora_variants.loraplus_param_groups`); the schedule then scales every group's rate alike, and
+    `lr` is the rate of a group that gives none.
     `model(x, y, loss_mask=mask)` must return (logits, loss). Every `eval_every` steps (and at the end)
     `eval_task.evaluate(model)` (default: `task`) is recorded. With `eval_at_start=True` it is also recorded
     before the first step, as step 0 (and then at the end even without `eval_every`), so a curve starts from
@@ -78,7 +110,12 @@ def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: in
         raise ValueError(f"eval_at_start must be True or False, got {eval_at_start!r}")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    params = trainable_parameters(model)
+    if param_groups is None:
+        params = trainable_parameters(model)
+        groups = [{"params": params}]
+    else:
+        groups = _check_groups(param_groups)
+        params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("the model has no trainable parameters (none has requires_grad=True)")
     eval_task = eval_task or task
@@ -88,20 +125,16 @@ def train(model: torch.nn.Module, task, *, steps: int, lr: float, batch_size: in
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     device = params[0].device
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    base_rates = [group["lr"] for group in opt.param_groups]
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(steps), disable=not progress, desc="training", leave=False)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup, schedule)
-        x, y, mask = (t.to(device) for t in task.train_batch(batch_size, generator))
-        _, loss = model(x, y, loss_mask=mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
+        for group, base_rate in zip(opt.param_groups, base_rates, strict=True):  # one schedule for every group
+            group["lr"] = lr_at(step, steps, base_rate, warmup, schedule)
+        batch = tuple(t.to(device) for t in task.train_batch(batch_size, generator))
+        loss = train_step(model, opt, batch, grad_clip)
         hist.steps.append(step + 1)
         hist.loss.append(loss.item())
         bar.set_postfix(loss=f"{hist.loss[-1]:.3f}")

@@ -3,7 +3,7 @@
     RankExplorer       a matrix, its best rank-r approximation and residual, the singular values with the cut,
                        the relative error and the parameter count r(m+n) against mn
     LoRAUpdateViewer   A, B and the scaled update (alpha/r) B A beside W and W + Delta W, for adapters trained
-                       ahead (scripts/precompute_lora_updates.py) at several ranks and kept at several steps
+                       ahead (experiments/precompute_lora_updates.py) at several ranks and kept at several steps
     TrainingDashboard  live loss curves while `train()` runs: pass `dashboard.callback` to `train`
     MemoryCalculator   trainable parameters, bytes of weights, gradients and optimizer state, and the checkpoint
                        size, for a model size, a method and a rank (the LoRA paper's GPT-3 figures are its check)
@@ -55,7 +55,7 @@ from .plotting import method_style
 
 DPI = 72  # PNG resolution: small files and fast redraws (a figure renders in about 0.1 s)
 DIVERGING = "RdBu_r"  # signed matrices: blue negative, white zero, red positive
-PRECOMPUTED = "lora_updates.safetensors"  # written by scripts/precompute_lora_updates.py
+PRECOMPUTED = "lora_updates.safetensors"  # written by experiments/precompute_lora_updates.py
 
 
 # ------------------------------------------------------------------------------------------------ the machinery
@@ -209,7 +209,7 @@ def low_rank_matrix(m: int = 64, n: int = 48, rank: int = 5, noise: float = 0.02
 # -------------------------------------------------------------------------------------------- precomputed data
 @dataclass
 class LoRAUpdates:
-    """Adapters trained ahead by scripts/precompute_lora_updates.py, with the base weights W0 of their layers."""
+    """Adapters trained ahead by experiments/precompute_lora_updates.py, with the base weights W0 of their layers."""
 
     meta: dict
     tensors: dict[str, torch.Tensor]
@@ -280,7 +280,7 @@ def load_lora_updates(path: str | Path | None = None, with_weights: bool = True)
         path = resources.files("lora_teach") / "data" / "precomputed" / PRECOMPUTED
     path = Path(str(path))
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; make it with `python scripts/precompute_lora_updates.py`")
+        raise FileNotFoundError(f"{path} is missing; make it with `python experiments/precompute_lora_updates.py`")
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["lora_teach"])

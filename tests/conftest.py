@@ -1,15 +1,16 @@
-import pytest
-import torch
+"""Fixtures every test file can use: the tiny model of tests/small_models.py."""
 
-from lora_teach.model import GPT, GPTConfig
+import pytest
+from small_models import tiny_config as make_tiny_config
+from small_models import tiny_gpt
 
 
 @pytest.fixture
 def tiny_config():
-    return GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=96)
+    return make_tiny_config()
 
 
 @pytest.fixture
-def tiny_model(tiny_config):
-    torch.manual_seed(0)
-    return GPT(tiny_config).eval()
+def tiny_model():
+    """A fresh tiny GPT (seed 0, eval mode) of `tiny_config`'s configuration."""
+    return tiny_gpt()

@@ -1,4 +1,6 @@
-"""Load a script of the repository (scripts/, benchmarks/) as a module, for the tests that call its functions."""
+"""Load an experiment or a benchmark (experiments/, benchmarks/) as a module, for the tests that call its functions.
+
+The tools in tools/ need no loader: pyproject.toml puts tools/ on pytest's path, so tests import them by name."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path: str) -> ModuleType:
-    """The module in `relative_path` (e.g. "scripts/build_html.py"), executed fresh."""
+    """The module in `relative_path` (e.g. "benchmarks/lora_performance.py"), executed fresh."""
     path = ROOT / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)

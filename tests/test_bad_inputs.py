@@ -38,6 +38,7 @@ from lora_teach.lora import (
     save_adapter,
 )
 from lora_teach.measure import checkpoint_size, step_time, training_memory
+from lora_teach.methods import get_method
 from lora_teach.model import CARD, GPT, WEIGHTS, GPTConfig, load_base_model, save_base_model
 from lora_teach.p_tuning import PTuning
 from lora_teach.prefix import PrefixTuning
@@ -61,7 +62,8 @@ def lora_gpt(r: int = 4, targets=("q_proj", "v_proj"), seed: int = 0, **override
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for layer in lora_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen))
+            B = layer.lora_B["default"]
+            B.copy_(torch.randn(B.shape, generator=gen))
     return model
 
 
@@ -223,19 +225,21 @@ CASES = [
     C("adapters-on-a-linear", lambda: nn.Linear(16, 16), lambda m, t: add_adapters(m),
       TypeError, "lora_teach GPT", "Linear"),
     # ---- prefix tuning
-    C("prefix-length-zero", gpt, lambda m, t: PrefixTuning(m, prefix_len=0), ValueError, "prefix_len", "positive int"),
-    C("prefix-length-fills-the-block", gpt, lambda m, t: PrefixTuning(m, prefix_len=32),
-      ValueError, "prefix_len (32)", "block_size (32)"),
+    C("prefix-length-zero", gpt, lambda m, t: PrefixTuning(m, num_virtual_tokens=0),
+      ValueError, "num_virtual_tokens", "positive int"),
+    C("prefix-length-fills-the-block", gpt, lambda m, t: PrefixTuning(m, num_virtual_tokens=32),
+      ValueError, "num_virtual_tokens (32)", "block_size (32)"),
     C("prefix-reparam-not-bool", gpt, lambda m, t: PrefixTuning(m, 4, reparam="yes"), TypeError, "reparam", "True"),
     C("prefix-hidden-zero", gpt, lambda m, t: PrefixTuning(m, 4, hidden=0), ValueError, "hidden", "positive int"),
     C("prefix-on-a-linear", lambda: nn.Linear(16, 16), lambda m, t: PrefixTuning(m, 4),
       TypeError, "lora_teach GPT", "Linear"),
     C("prefix-input-too-long", lambda: PrefixTuning(gpt(), 4), lambda m, t: m(ids(T=30)),
-      ValueError, "prefix_len (4)", "at most 28"),
+      ValueError, "num_virtual_tokens (4)", "at most 28"),
     # ---- prompt tuning
-    C("prompt-length-zero", gpt, lambda m, t: PromptTuning(m, n_tokens=0), ValueError, "n_tokens", "positive int"),
-    C("prompt-length-fills-the-block", gpt, lambda m, t: PromptTuning(m, n_tokens=32),
-      ValueError, "n_tokens (32)", "block_size (32)"),
+    C("prompt-length-zero", gpt, lambda m, t: PromptTuning(m, num_virtual_tokens=0),
+      ValueError, "num_virtual_tokens", "positive int"),
+    C("prompt-length-fills-the-block", gpt, lambda m, t: PromptTuning(m, num_virtual_tokens=32),
+      ValueError, "num_virtual_tokens (32)", "block_size (32)"),
     C("prompt-init-misspelt-mode", gpt, lambda m, t: PromptTuning(m, 4, init="vocabulary"),
       ValueError, "vocabulary", "'vocab'", "'random'"),
     C("prompt-init-text-outside-vocab", gpt, lambda m, t: PromptTuning(m, 4, init="naïve café"),
@@ -244,7 +248,7 @@ CASES = [
     C("prompt-on-a-linear", lambda: nn.Linear(16, 16), lambda m, t: PromptTuning(m, 4),
       TypeError, "lora_teach GPT", "Linear"),
     C("prompt-input-too-long", lambda: PromptTuning(gpt(), 8), lambda m, t: m(ids(T=30)),
-      ValueError, "n_tokens (8)", "at most 24"),
+      ValueError, "num_virtual_tokens (8)", "at most 24"),
     C("prompt-input-1d", lambda: PromptTuning(gpt(), 8), lambda m, t: m(ids()[0]), ValueError, "(batch, time)"),
     # ---- P-tuning templates
     C("ptuning-empty-template", gpt, lambda m, t: PTuning(m, []), ValueError, "template", "(position, count)"),
@@ -286,7 +290,7 @@ CASES = [
     C("unknown-split", gpt, lambda m, t: author_task().evaluate(m, split="train"), ValueError, "'val'", "'test'"),
     C("encode-outside-vocab", None, lambda s, t: CharTokenizer().encode("señor"), ValueError, "ñ", "printable ASCII"),
     C("decode-outside-vocab", None, lambda s, t: CharTokenizer().decode([97]), ValueError, "97", "0..96"),
-    C("compare-unknown-method", gpt, lambda m, t: compare.build("qlora", m, None), ValueError, "qlora", "lora"),
+    C("compare-unknown-method", gpt, lambda m, t: get_method("qlora"), ValueError, "qlora", "lora"),
     C("compare-unknown-task", None, lambda s, t: compare.make_task("imdb"), ValueError, "imdb", "author"),
 ]
 
@@ -373,7 +377,7 @@ def test_a_refused_adapter_file_leaves_the_current_adapter_working(tmp_path):
 
 
 def test_refusing_applies_to_a_deep_copy_too():
-    """A refusal on a copy does not touch the original (compare.build copies its base)."""
+    """A refusal on a copy does not touch the original (Method.build copies its base)."""
     base = gpt()
     before = fingerprint(base)
     with pytest.raises(ValueError):

@@ -1,4 +1,5 @@
-"""The benchmarks run in CI, in their reduced configurations, and write what the README and notebook 10 read.
+"""The benchmarks (and the comparison experiment) run in CI, in their reduced configurations, and write what the
+README and notebook 10 read.
 
 No timed assertions: the figures depend on the machine. What must hold anywhere: every file and column is
 there, the counts that do not depend on timing equal the shipped full run's, and each time is a positive number.
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from repo_scripts import load_script
 
-from lora_teach.compare import METHODS
+from lora_teach.compare import COURSE_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "lora_teach" / "results"
@@ -32,13 +33,13 @@ def _rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def quick_comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("comparison")
-    _script("compare_methods").main(["--quick", "--out", str(out)])
+    load_script("experiments/compare_methods.py").main(["--quick", "--out", str(out)])
     return out
 
 
 def test_the_quick_comparison_writes_one_row_per_method_with_the_shipped_counts(quick_comparison):
     runs = _rows(quick_comparison / "comparison_runs.csv")
-    assert [r["method"] for r in runs] == list(METHODS)
+    assert [r["method"] for r in runs] == list(COURSE_METHODS)
     shipped = {(r["method"], r["task"]): r for r in _rows(SHIPPED / "comparison_runs.csv")}
     for r in runs:
         full = shipped[(r["method"], "author")]
@@ -46,19 +47,21 @@ def test_the_quick_comparison_writes_one_row_per_method_with_the_shipped_counts(
             assert r[key] == full[key], (r["method"], key)
         assert 0.0 <= float(r["quality"]) <= 1.0 and float(r["step_ms"]) > 0
     summary = _rows(quick_comparison / "comparison_summary.csv")
-    assert {r["method"] for r in summary} == set(METHODS)
+    assert {r["method"] for r in summary} == set(COURSE_METHODS)
 
 
-def test_the_quick_comparison_writes_both_timing_files(quick_comparison):
-    latency = _rows(quick_comparison / "inference_latency.csv")
+def test_the_quick_timings_write_both_timing_files(tmp_path):
+    _script("method_timings").main(["--quick", "--out", str(tmp_path)])
+    latency = _rows(tmp_path / "inference_latency.csv")
     assert latency[0]["model"] == "base" and float(latency[0]["ratio_to_base"]) == 1.0
     assert [r["model"] for r in latency] == [r["model"] for r in _rows(SHIPPED / "inference_latency.csv")]
     assert all(float(r["ms"]) > 0 for r in latency)
-    steps = _rows(quick_comparison / "training_step_times.csv")
-    assert [(r["method"], r["task"]) for r in steps] == [(m, "author") for m in METHODS]
+    steps = _rows(tmp_path / "training_step_times.csv")
+    assert [(r["method"], r["task"]) for r in steps] == [(m, "author") for m in COURSE_METHODS]
     assert all(float(r["step_ms"]) > 0 for r in steps)
     shipped = _rows(SHIPPED / "training_step_times.csv")
-    assert {(r["method"], r["task"]) for r in shipped} == {(m, t) for m in METHODS for t in ("shakespeare", "author")}
+    assert {(r["method"], r["task"]) for r in shipped} == {(m, t) for m in COURSE_METHODS
+                                                           for t in ("shakespeare", "author")}
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +136,7 @@ def test_the_readme_comparison_table_is_the_shipped_summary():
     """The README's comparison table (test split, rates chosen on validation, both LoRA settings, mean ± standard
     deviation over three seeds) is the shipped comparison_summary.csv, formatted by the benchmark."""
     summary = _rows(SHIPPED / "comparison_summary.csv")
-    table = _script("compare_methods").readme_table(summary)
+    table = load_script("experiments/compare_methods.py").readme_table(summary)
     assert table in (ROOT / "README.md").read_text()
     runs = _rows(SHIPPED / "comparison_runs.csv")
     for r in summary:

@@ -1,7 +1,7 @@
-"""scripts/notebook_budget.py writes measured run times into the README, the workshop guide and the headers.
+"""tools/notebook_budget.py writes measured run times into the README, the workshop guide and the headers.
 
-The measurement itself (executing every notebook) runs in CI's memory step and by hand; these tests check the
-parts that edit the documents, on the real documents, so a renamed notebook or a moved marker fails here.
+The measurement itself (executing every notebook) is `make budget`, run by hand; these tests check the parts
+that edit the documents, on the real documents, so a renamed notebook or a moved marker fails here.
 """
 
 from __future__ import annotations
@@ -9,16 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import notebook_budget as budget
 import pytest
-from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-@pytest.fixture(scope="module")
-def budget():
-    return load_script("scripts/notebook_budget.py")
 
 
 @pytest.fixture
@@ -26,7 +21,7 @@ def rows():
     return [{"notebook": p.name, "seconds": 10.0 + i, "peak_rss_mb": 500 + i} for i, p in enumerate(NOTEBOOKS)]
 
 
-def test_the_course_map_gets_every_notebooks_time_and_memory(budget, rows):
+def test_the_course_map_gets_every_notebooks_time_and_memory(rows):
     text = budget.course_map((ROOT / "README.md").read_text(), rows)
     block = text[text.index("<!-- budget:start -->"):text.index("<!-- budget:end -->")]
     for r in rows:
@@ -44,14 +39,14 @@ def test_the_course_map_lists_every_notebook():
     assert [p.name for p in NOTEBOOKS if f"(notebooks/{p.name})" not in block] == []
 
 
-def test_the_workshop_table_gets_one_row_per_notebook(budget, rows):
+def test_the_workshop_table_gets_one_row_per_notebook(rows):
     text = budget.workshop_table((ROOT / "docs" / "WORKSHOP.md").read_text(), rows)
     assert "| 03 · adapters | 13 | 503 |" in text
     assert "**TBD**" not in text[text.index("<!-- budget:start -->"):text.index("<!-- budget:end -->")]
     assert budget.workshop_table(text, rows) == text
 
 
-def test_a_document_without_markers_is_refused(budget, rows):
+def test_a_document_without_markers_is_refused(rows):
     with pytest.raises(ValueError, match="budget:start"):
         budget.course_map("no table here", rows)
     with pytest.raises(ValueError, match="budget:start"):
@@ -59,7 +54,7 @@ def test_a_document_without_markers_is_refused(budget, rows):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_every_notebook_header_has_a_run_time_line_the_script_can_rewrite(budget, path):
+def test_every_notebook_header_has_a_run_time_line_the_script_can_rewrite(path):
     nb = nbformat.read(path, as_version=4)
     headers = [c for c in nb.cells if c.cell_type == "markdown" and budget.HEADER.search(c.source)]
     assert len(headers) == 1, f"{path.name}: one '**Run time:** about N s on two CPU cores' line"
@@ -68,5 +63,5 @@ def test_every_notebook_header_has_a_run_time_line_the_script_can_rewrite(budget
 
 
 @pytest.mark.parametrize("seconds,wording", [(4.7, "about 5 s"), (45.0, "about 45 s"), (45.1, "about 50 s")])
-def test_times_are_rounded_up_to_five_seconds(budget, seconds, wording):
+def test_times_are_rounded_up_to_five_seconds(seconds, wording):
     assert budget.about(seconds) == f"{wording} on two CPU cores"

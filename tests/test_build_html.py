@@ -1,20 +1,17 @@
-"""The static HTML edition (scripts/build_html.py): a lora_teach widget's output keeps its PNG and loses only its
+"""The static HTML edition (tools/build_html.py): a lora_teach widget's output keeps its PNG and loses only its
 live widget view; outputs that are nothing but a widget (progress bars, bare sliders) are left out."""
 
 import copy
 import re
 from pathlib import Path
 
+import build_html
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook, new_output
-from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="  # 1x1
-
-
-build_html = load_script("scripts/build_html.py")
 
 
 def _view(model_id: str) -> dict:

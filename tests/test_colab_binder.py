@@ -10,9 +10,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import sync_notebook_headers
 import tomllib
 from packaging.requirements import Requirement
-from repo_scripts import load_script
 
 from lora_teach import colab
 
@@ -48,7 +48,7 @@ def test_a_url_that_is_not_a_github_repository_is_refused(url):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_notebook_has_the_badges_and_set_up_cell_made_from_the_url(path):
     problems = colab.header_problems(nbformat.read(path, as_version=4), NAME, REPO, _relative(path))
-    assert problems == [], f"{path.name}: run `python scripts/sync_notebook_headers.py {_relative(path)}`"
+    assert problems == [], f"{path.name}: run `python tools/sync_notebook_headers.py {_relative(path)}`"
 
 
 def test_badges_and_set_up_cells_are_the_same_across_notebooks():
@@ -84,8 +84,7 @@ def test_a_changed_url_shows_up_as_out_of_sync():
 
 
 def test_the_sync_script_finds_every_notebook_in_sync(capsys):
-    sync = load_script("scripts/sync_notebook_headers.py")
-    assert sync.main(["--check"]) == 0, capsys.readouterr().out
+    assert sync_notebook_headers.main(["--check"]) == 0, capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------ the set-up cell

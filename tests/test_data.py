@@ -66,7 +66,11 @@ def test_evaluate_on_a_model_that_knows_the_answer():
                 logits[i, :, gold_first[text]] = 10.0
             return logits, None if targets is None else torch.tensor(0.0)
 
-    assert task.evaluate(Oracle())["accuracy"] == 1.0
+    metrics = task.evaluate(Oracle())
+    assert set(metrics) == {"accuracy", "label_loss", "decision_loss", "confusion"}
+    assert metrics["accuracy"] == 1.0 and metrics["decision_loss"] < 1e-3
+    per_label = len(task.val) // len(task.labels)  # the classes are balanced
+    assert metrics["confusion"] == [[per_label if i == j else 0 for j in range(3)] for i in range(3)]
 
 
 # ------------------------------------------------------------------------- test splits: deterministic, disjoint

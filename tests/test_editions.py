@@ -7,20 +7,18 @@ import ast
 import re
 from pathlib import Path
 
+import build_editions as editions
+import build_html as static_html
 import nbformat
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
-from nbclient import NotebookClient
-from repo_scripts import load_script
+from notebook_runner import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 CHECK_CALL = re.compile(r"^\s*(?:_ = )?(check_\w+)\(", re.M)
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
-
-editions = load_script("scripts/build_editions.py")
-static_html = load_script("scripts/build_html.py")
 
 
 def _read(path):
@@ -198,12 +196,12 @@ def test_nbgraders_clear_solutions_accepts_the_teacher_edition_and_gives_back_th
     assert not [c for c in cleared.cells if "SOLUTION" in c.source]
 
 
+@pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_solution_passes_its_check(path, teacher_edition):
     """The teacher edition runs top to bottom, and every check cell prints one ✓ line per check."""
     nb = _read(teacher_edition / path.name)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()  # raises on any error
+    execute(nb, ROOT / "notebooks")  # raises on any error
     cells = _exercise_cells(nb)
     assert cells
     for cell in cells:

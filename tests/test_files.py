@@ -1,8 +1,8 @@
 """Files: weights and adapters are read with safetensors, never pickle; a file that does not fit is refused.
 
-1. A static scan of the package, the scripts, the benchmarks and the notebooks for pickle: `torch.load` without
-   `weights_only=True`, `torch.save`, `import pickle` (or dill, joblib, shelve, cloudpickle), `np.load(...,
-   allow_pickle=True)`, `read_pickle`. The scan is tested on snippets, so it can fail.
+1. A static scan of the package, the tools, the experiments, the benchmarks and the notebooks for pickle:
+   `torch.load` without `weights_only=True`, `torch.save`, `import pickle` (or dill, joblib, shelve,
+   cloudpickle), `np.load(..., allow_pickle=True)`, `read_pickle`. The scan is tested on snippets, so it can fail.
 2. What ships is safetensors: no pickle-format file in the repository, every .safetensors file opens.
 3. The loaders do not unpickle: they work with pickle and torch.load switched off, and a pickle payload saved
    under a safetensors name is refused without running its code.
@@ -22,16 +22,17 @@ import nbformat
 import pytest
 import torch
 from safetensors import safe_open
+from small_models import tiny_gpt
 
 from lora_teach import model as model_module
 from lora_teach.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAConfig, apply_lora, load_adapter, save_adapter
-from lora_teach.model import CARD, GPT, WEIGHTS, GPTConfig, load_base_model, save_base_model
+from lora_teach.model import CARD, GPT, WEIGHTS, load_base_model, save_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("lora_teach", "scripts", "benchmarks")  # tests are not scanned: test_files.py builds a pickle on purpose
+# tests are not scanned: test_files.py builds a pickle on purpose
+SCANNED = ("lora_teach", "tools", "scripts", "experiments", "benchmarks")
 PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "dill", "joblib", "shelve", "cloudpickle", "marshal"}
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npz", ".npy"}
-SMALL = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
 # ------------------------------------------------------------------------------------------- 1. the scan
@@ -146,16 +147,11 @@ def no_pickle(monkeypatch):
         monkeypatch.setattr(module, name, refuse)
 
 
-def small_gpt(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**SMALL, **overrides})).eval()
-
-
 def lora_gpt(r: int = 4, seed: int = 0, **overrides) -> GPT:
-    model = apply_lora(small_gpt(seed, **overrides), LoRAConfig(r=r, alpha=r))
+    model = apply_lora(tiny_gpt(seed, **overrides), LoRAConfig(r=r, alpha=r))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("lora_B"):
+            if name.endswith("lora_B.default"):
                 p.normal_(generator=torch.Generator().manual_seed(seed + 1))
     return model
 
@@ -166,7 +162,7 @@ def test_the_shipped_base_model_loads_without_pickle(no_pickle):
 
 
 def test_base_model_and_adapter_round_trip_without_pickle(no_pickle, tmp_path):
-    original = small_gpt()
+    original = tiny_gpt()
     save_base_model(original, tmp_path / "base")
     loaded = load_base_model("cpu", tmp_path / "base")
     for key, value in original.state_dict().items():
@@ -174,7 +170,7 @@ def test_base_model_and_adapter_round_trip_without_pickle(no_pickle, tmp_path):
 
     trained = lora_gpt()
     save_adapter(trained, tmp_path / "adapter")
-    fresh = load_adapter(small_gpt(), tmp_path / "adapter")
+    fresh = load_adapter(tiny_gpt(), tmp_path / "adapter")
     x = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(fresh(x)[0], trained(x)[0], rtol=0, atol=0)
 
@@ -201,11 +197,11 @@ def test_a_pickle_under_a_safetensors_name_is_refused_without_running_it(kind, t
     if kind == "adapter":
         folder = save_adapter(lora_gpt(), tmp_path / "adapter")
         (folder / ADAPTER_WEIGHTS).write_bytes(pickle_payload(marker))
-        load = lambda: load_adapter(small_gpt(), folder)
+        load = lambda: load_adapter(tiny_gpt(), folder)
         name = ADAPTER_WEIGHTS
     else:
         folder = tmp_path / "base"
-        save_base_model(small_gpt(), folder)
+        save_base_model(tiny_gpt(), folder)
         (folder / WEIGHTS).write_bytes(pickle_payload(marker))
         load = lambda: load_base_model("cpu", folder)
         name = WEIGHTS
@@ -216,13 +212,13 @@ def test_a_pickle_under_a_safetensors_name_is_refused_without_running_it(kind, t
 
 # ----------------------------------------------------------------------------- 4. files that do not fit
 def test_base_weights_of_another_model_are_refused_with_every_name_and_shape(tmp_path):
-    save_base_model(small_gpt(), tmp_path / "base")
-    save_base_model(small_gpt(n_embd=32), tmp_path / "other")
+    save_base_model(tiny_gpt(), tmp_path / "base")
+    save_base_model(tiny_gpt(n_embd=32), tmp_path / "other")
     (tmp_path / "base" / WEIGHTS).write_bytes((tmp_path / "other" / WEIGHTS).read_bytes())
     with pytest.raises(ValueError) as info:
         load_base_model("cpu", tmp_path / "base")
     message = str(info.value)
-    wide, narrow = small_gpt(n_embd=32).state_dict(), small_gpt().state_dict()
+    wide, narrow = tiny_gpt(n_embd=32).state_dict(), tiny_gpt().state_dict()
     differing = [k for k in narrow if wide[k].shape != narrow[k].shape]
     assert len(differing) == len(narrow)  # every tensor depends on the width
     for key in differing:
@@ -232,8 +228,8 @@ def test_base_weights_of_another_model_are_refused_with_every_name_and_shape(tmp
 def test_base_weights_with_a_missing_and_an_extra_tensor_are_refused_by_name(tmp_path):
     from safetensors.torch import save_file
 
-    save_base_model(small_gpt(), tmp_path / "base")
-    state = {k: v.contiguous() for k, v in small_gpt().state_dict().items()}
+    save_base_model(tiny_gpt(), tmp_path / "base")
+    state = {k: v.contiguous() for k, v in tiny_gpt().state_dict().items()}
     state.pop("lm_head.weight")
     state["extra.weight"] = torch.zeros(3)
     save_file(state, str(tmp_path / "base" / WEIGHTS))
@@ -242,14 +238,14 @@ def test_base_weights_with_a_missing_and_an_extra_tensor_are_refused_by_name(tmp
 
 
 def test_check_state_dict_accepts_a_matching_state():
-    model = small_gpt()
-    model_module.check_state_dict(model, small_gpt(seed=1).state_dict(), "a state")
+    model = tiny_gpt()
+    model_module.check_state_dict(model, tiny_gpt(seed=1).state_dict(), "a state")
 
 
 def test_an_adapter_from_a_wider_model_is_refused_naming_every_layer_and_both_shapes(tmp_path):
     folder = save_adapter(lora_gpt(n_embd=32), tmp_path / "adapter")
     with pytest.raises(ValueError) as info:
-        load_adapter(small_gpt(), folder)
+        load_adapter(tiny_gpt(), folder)
     message = str(info.value)
     for block in (0, 1):
         for proj in ("q_proj", "v_proj"):
@@ -264,7 +260,7 @@ def test_an_adapter_whose_tensors_disagree_with_its_config_is_refused_with_both_
     tensors["blocks.0.attn.q_proj.lora_A"] = torch.zeros(2, 16)
     save_file(tensors, str(folder / ADAPTER_WEIGHTS))
     with pytest.raises(ValueError, match=r"does not match its config[\s\S]*\[4, 16\][\s\S]*\[2, 16\]"):
-        load_adapter(small_gpt(), folder)
+        load_adapter(tiny_gpt(), folder)
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.05, 0.5, 0.99])
@@ -273,7 +269,7 @@ def test_truncated_adapter_files_are_refused_by_name(which, keep, tmp_path):
     folder = save_adapter(lora_gpt(), tmp_path / "adapter")
     data = (folder / which).read_bytes()
     (folder / which).write_bytes(data[: int(len(data) * keep)])
-    model = small_gpt()
+    model = tiny_gpt()
     with pytest.raises(ValueError, match=which.replace(".", r"\.")):
         load_adapter(model, folder)
     assert not any("lora" in name for name, _ in model.named_modules())
@@ -282,7 +278,7 @@ def test_truncated_adapter_files_are_refused_by_name(which, keep, tmp_path):
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
 @pytest.mark.parametrize("which", [WEIGHTS, CARD])
 def test_truncated_base_model_files_are_refused_by_name(which, keep, tmp_path):
-    save_base_model(small_gpt(), tmp_path / "base")
+    save_base_model(tiny_gpt(), tmp_path / "base")
     data = (tmp_path / "base" / which).read_bytes()
     (tmp_path / "base" / which).write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(ValueError, match=which.replace(".", r"\.")):
@@ -291,7 +287,7 @@ def test_truncated_base_model_files_are_refused_by_name(which, keep, tmp_path):
 
 def test_a_refused_save_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="no LoRA layers"):
-        save_adapter(small_gpt(), tmp_path / "adapter")
+        save_adapter(tiny_gpt(), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
 
 

@@ -1,35 +1,38 @@
-"""Reduced runs of the learning-rate grid and the prompt-placement experiment: what they write, and that an
-interrupted run resumes instead of starting again. No timed assertions."""
+"""Reduced runs of the learning-rate grid and the prompt-placement experiment (experiments/): what they write,
+and that an interrupted run resumes instead of starting again. No timed assertions."""
 
 from __future__ import annotations
 
-import csv
-
 import pytest
+import torch
 from repo_scripts import load_script
 
-from lora_teach.compare import GRID_SEEDS, LR_GRID, chosen_rates
-
-
-def _rows(path):
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+from lora_teach.compare import GRID_METHODS, GRID_SEEDS, LR_GRID, RUN_FIELDS, TASKS, chosen_rates, make_task
+from lora_teach.results import read_csv
 
 
 @pytest.fixture(scope="module")
 def quick_grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("grid") / "lr_grid.csv"
-    script = load_script("scripts/lr_grid.py")
+    script = load_script("experiments/lr_grid.py")
     script.main(["--quick", "--out", str(out), "--shard", "0/2"])
-    half = _rows(out)
+    half = read_csv(out)
     script.main(["--quick", "--out", str(out), "--shard", "1/2"])
     return script, out, half
 
 
+def test_the_grid_lists_every_run_once():
+    script = load_script("experiments/lr_grid.py")
+    runs = script.grid_runs()
+    assert len(runs) == len(set(runs)) == len(GRID_METHODS) * len(TASKS) * 4 * len(GRID_SEEDS)
+    with pytest.raises(ValueError, match="unknown method 'bitfit'"):
+        script.grid_runs(("bitfit",))
+
+
 def test_the_quick_grid_writes_every_run_once_with_validation_and_test_columns(quick_grid):
     script, out, half = quick_grid
-    rows = _rows(out)
-    assert tuple(rows[0]) == script.FIELDS
+    rows = read_csv(out)
+    assert tuple(rows[0]) == RUN_FIELDS
     keys = [(r["method"], r["task"], float(r["lr"]), int(r["seed"])) for r in rows]
     expected = {("prompt", "author", lr, s) for lr in LR_GRID["prompt"][:2] for s in GRID_SEEDS}
     assert sorted(keys) == sorted(expected)  # two shards, each run exactly once
@@ -48,7 +51,7 @@ def test_a_restarted_grid_skips_the_finished_runs(quick_grid):
 
 
 def test_the_grid_refuses_a_file_with_other_columns_and_a_bad_shard(tmp_path):
-    script = load_script("scripts/lr_grid.py")
+    script = load_script("experiments/lr_grid.py")
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="has the columns"):
@@ -62,9 +65,9 @@ def test_the_grid_refuses_a_file_with_other_columns_and_a_bad_shard(tmp_path):
 def test_the_quick_placement_run_trains_both_placements_at_the_grids_rate(quick_grid, tmp_path):
     _, grid, _ = quick_grid
     out = tmp_path / "prompt_placement.csv"
-    script = load_script("scripts/prompt_placement.py")
+    script = load_script("experiments/prompt_placement.py")
     script.main(["--quick", "--grid", str(grid), "--out", str(out)])
-    rows = _rows(out)
+    rows = read_csv(out)
     assert tuple(rows[0]) == script.FIELDS
     assert {(r["placement"], int(r["steps"])) for r in rows} == {(p, s) for p in ("before", "after") for s in (2, 4)}
     rate = chosen_rates(grid)[("prompt", "author")]
@@ -73,3 +76,20 @@ def test_the_quick_placement_run_trains_both_placements_at_the_grids_rate(quick_
     before = out.read_text()
     script.main(["--quick", "--grid", str(grid), "--out", str(out)])  # finished: nothing to add
     assert out.read_text() == before
+
+
+def test_the_shipped_placement_file_has_the_experiments_columns():
+    script = load_script("experiments/prompt_placement.py")
+    assert tuple(read_csv("prompt_placement.csv")[0]) == script.FIELDS
+
+
+def test_the_decision_loss_keeps_only_the_first_label_character():
+    script = load_script("experiments/prompt_placement.py")
+    task = make_task("author")
+    x, y, mask = script.DecisionOnly(task, "decision").train_batch(8, torch.Generator().manual_seed(0))
+    _, y_full, mask_full = script.DecisionOnly(task, "label").train_batch(8, torch.Generator().manual_seed(0))
+    assert torch.equal(y, y_full) and mask_full.sum() > mask.sum()
+    assert (mask.sum(dim=1) == 1).all() and mask[:, task.prompt_len - 1].all()
+    assert set(y[mask].tolist()) <= set(task.first_ids.tolist())
+    with pytest.raises(ValueError, match="unknown loss 'word'"):
+        script.DecisionOnly(task, "word")

@@ -35,8 +35,9 @@ from lora_teach.hf import (  # noqa: E402
     save_pretrained,
     to_transformers,
 )
-from lora_teach.lora import LoRAConfig, apply_lora, disable_adapter_by_name, lora_layers  # noqa: E402
+from lora_teach.lora import LoRAConfig, apply_lora, lora_layers  # noqa: E402
 from lora_teach.model import GPT  # noqa: E402
+from lora_teach.serving import disable_adapter_by_name  # noqa: E402
 
 ARCHS = ["opt", "gpt2"]
 FP64 = dict(rtol=0, atol=1e-10)
@@ -175,7 +176,8 @@ def lora_model(base, dtype=torch.float64, targets=("q_proj", "v_proj", "o_proj",
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for layer in lora_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen, dtype=dtype) * 0.1)
+            B = layer.lora_B["default"]
+            B.copy_(torch.randn(B.shape, generator=gen, dtype=dtype) * 0.1)
     return model.eval()
 
 
@@ -235,8 +237,9 @@ def test_we_load_an_adapter_peft_trained_with_the_same_logits(base, tmp_path, ar
     layers = lora_layers(ours)
     expected = 4 * (6 if architecture == "opt" else 5)  # GPT-2: q, k, v from c_attn, o and up
     assert len(layers) == expected
-    assert all(m.use_rslora is settings["use_rslora"] for m in layers.values())
-    assert all((m.lora_dropout.p if settings["dropout"] else 0.0) == settings["dropout"] for m in layers.values())
+    assert all(m.use_rslora["default"] is settings["use_rslora"] for m in layers.values())
+    assert all((m.lora_dropout["default"].p if settings["dropout"] else 0.0) == settings["dropout"]
+               for m in layers.values())
     trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
     if architecture == "opt":  # the same numbers train in both (GPT-2 shares c_attn's A among q, k and v)
         assert trainable == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
@@ -282,6 +285,9 @@ def test_save_peft_adapter_refusals(base, tmp_path):
     switched_off = disable_adapter_by_name(lora_model(base), "default")
     with pytest.raises(ValueError, match="enable_adapter_by_name"):
         save_peft_adapter(switched_off, tmp_path / "a")
+    dora = apply_lora(copy.deepcopy(base), LoRAConfig(r=4, alpha=8, use_dora=True))  # m has no place in plain LoRA
+    with pytest.raises(ValueError, match="writes plain LoRA.*DoRA or PiSSA"):
+        save_peft_adapter(dora, tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 

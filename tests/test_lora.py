@@ -1,4 +1,7 @@
-"""Tests for lora_teach.lora: the invariants of LoRA (METHODS_REFERENCE.md) on small random GPTs."""
+"""Tests for lora_teach.lora: the invariants of LoRA (METHODS_REFERENCE.md) on small random GPTs.
+
+A layer keys its adapters by name, as PEFT does; `apply_lora` and `LoRALinear(...)` make the one named 'default'.
+"""
 
 import copy
 import json
@@ -32,6 +35,7 @@ from lora_teach.measure import count_parameters
 from lora_teach.model import GPT, GPTConfig
 from lora_teach.training import train
 
+D = "default"  # the adapter apply_lora makes
 SMALL = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=16)
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 
@@ -50,7 +54,8 @@ def randomize_b(model: nn.Module, seed=2, std=0.5) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in lora_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen, dtype=layer.lora_B.dtype) * std)
+            B = layer.lora_B[D]
+            B.copy_(torch.randn(B.shape, generator=gen, dtype=B.dtype) * std)
 
 
 def snapshot(model: nn.Module) -> dict:
@@ -81,47 +86,50 @@ def test_layer_shapes_init_and_frozen_base():
     base = nn.Linear(16, 64)
     layer = LoRALinear(base, r=4, alpha=8)
     assert layer.base_layer is base
-    assert layer.lora_A.shape == (4, 16) and layer.lora_B.shape == (64, 4)  # A (r, in), B (out, r)
-    assert torch.count_nonzero(layer.lora_B) == 0 and torch.count_nonzero(layer.lora_A) > 0
+    A, B = layer.lora_A[D], layer.lora_B[D]
+    assert A.shape == (4, 16) and B.shape == (64, 4)  # A (r, in), B (out, r)
+    assert torch.count_nonzero(B) == 0 and torch.count_nonzero(A) > 0
     bound = 1 / math.sqrt(16)  # kaiming-uniform with a=sqrt(5) is U(-1/sqrt(in), 1/sqrt(in))
-    assert layer.lora_A.abs().max() <= bound
+    assert A.abs().max() <= bound
     assert not base.weight.requires_grad and not base.bias.requires_grad
-    assert layer.lora_A.requires_grad and layer.lora_B.requires_grad
+    assert A.requires_grad and B.requires_grad
+    assert list(layer.lora_A) == list(layer.lora_B) == [D] and not layer.lora_magnitude
 
 
 def test_layer_follows_dtype_of_base():
     layer = LoRALinear(nn.Linear(8, 8).double(), r=2, alpha=2)
-    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float64
-    assert layer.lora_A.device == layer.base_layer.weight.device
+    assert layer.lora_A[D].dtype == layer.lora_B[D].dtype == torch.float64
+    assert layer.lora_A[D].device == layer.base_layer.weight.device
 
 
 @pytest.mark.parametrize("use_rslora, expected", [(False, 16 / 4), (True, 16 / 2)])
 def test_scaling_is_applied(use_rslora, expected):
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(12, 20).double(), r=4, alpha=16, use_rslora=use_rslora)
-    assert layer.scaling == expected
+    assert layer.scaling[D] == expected
     with torch.no_grad():
-        layer.lora_B.normal_()
+        layer.lora_B[D].normal_()
     x = torch.randn(5, 12, dtype=torch.float64)
     update = layer(x) - layer.base_layer(x)
-    manual = expected * (x @ layer.lora_A.T @ layer.lora_B.T)
+    manual = expected * (x @ layer.lora_A[D].T @ layer.lora_B[D].T)
     torch.testing.assert_close(update, manual, rtol=1e-12, atol=1e-12)
 
 
 def test_dropout_acts_on_the_branch_input_only():
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(10, 6).double(), r=3, alpha=3, dropout=0.5).train()
+    A, B, scaling = layer.lora_A[D], layer.lora_B[D], layer.scaling[D]
     with torch.no_grad():
-        layer.lora_B.normal_()
+        B.normal_()
     x = torch.randn(4, 10, dtype=torch.float64)
     torch.manual_seed(7)
     out = layer(x)
     torch.manual_seed(7)
     dropped = F.dropout(x, 0.5, training=True)
-    expected = layer.base_layer(x) + (dropped @ layer.lora_A.T @ layer.lora_B.T) * layer.scaling
+    expected = layer.base_layer(x) + (dropped @ A.T @ B.T) * scaling
     assert torch.equal(out, expected)
     layer.eval()  # no dropout in eval mode
-    assert torch.equal(layer(x), layer.base_layer(x) + (x @ layer.lora_A.T @ layer.lora_B.T) * layer.scaling)
+    assert torch.equal(layer(x), layer.base_layer(x) + (x @ A.T @ B.T) * scaling)
 
 
 @settings(max_examples=25, deadline=None)
@@ -130,7 +138,7 @@ def test_merge_equals_unmerged_any_shape(d_in, d_out, r, alpha):
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(d_in, d_out).double(), r=r, alpha=alpha).eval()
     with torch.no_grad():
-        layer.lora_B.normal_()
+        layer.lora_B[D].normal_()
     x = torch.randn(3, 2, d_in, dtype=torch.float64)
     unmerged = layer(x)
     w0 = layer.base_layer.weight.detach().clone()
@@ -159,7 +167,7 @@ def test_apply_lora_wraps_targets_in_place_and_freezes_the_rest():
     assert model.blocks[0].attn.q_proj.base_layer is q0
     assert isinstance(model.blocks[0].attn.k_proj, nn.Linear)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"{n}.lora_{m}" for n in lora_layers(model) for m in "AB"}
+    assert trainable == {f"{n}.lora_{m}.{D}" for n in lora_layers(model) for m in "AB"}
 
 
 @pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ALL_LINEAR, ("up_proj", "down_proj", "lm_head")])
@@ -179,8 +187,8 @@ def test_non_square_layers():
     apply_lora(model, LoRAConfig(r=3, alpha=6, target_modules=("up_proj", "down_proj")))
     up, down = model.blocks[0].mlp.up_proj, model.blocks[0].mlp.down_proj
     d = SMALL["n_embd"]
-    assert up.lora_A.shape == (3, d) and up.lora_B.shape == (4 * d, 3)  # d -> 4d
-    assert down.lora_A.shape == (3, 4 * d) and down.lora_B.shape == (d, 3)  # 4d -> d
+    assert up.lora_A[D].shape == (3, d) and up.lora_B[D].shape == (4 * d, 3)  # d -> 4d
+    assert down.lora_A[D].shape == (3, 4 * d) and down.lora_B[D].shape == (d, 3)  # 4d -> d
     randomize_b(model)
     for layer in (up, down):
         assert layer.get_delta_weight().shape == layer.base_layer.weight.shape
@@ -197,8 +205,8 @@ def test_step0_gradient_of_a_is_zero_and_of_b_is_not():
     _, loss = model(x, y, loss_mask=mask)
     loss.backward()
     for name, layer in lora_layers(model).items():
-        assert torch.count_nonzero(layer.lora_A.grad) == 0, name  # dL/dA = s B^T (...) and B = 0
-        assert torch.count_nonzero(layer.lora_B.grad) > 0, name
+        assert torch.count_nonzero(layer.lora_A[D].grad) == 0, name  # dL/dA = s B^T (...) and B = 0
+        assert torch.count_nonzero(layer.lora_B[D].grad) > 0, name
 
 
 def test_only_a_and_b_train_and_frozen_weights_are_bit_identical():
@@ -206,7 +214,7 @@ def test_only_a_and_b_train_and_frozen_weights_are_bit_identical():
     before = snapshot(model)
     history = train(model, CopyTask(), steps=30, lr=1e-2, batch_size=8, progress=False)
     after = model.state_dict()
-    lora_keys = set(lora_state_dict(model))
+    lora_keys = {f"{name}.{D}" for name in lora_state_dict(model)}  # the state dict's names end in the adapter's
     for k, v in before.items():
         if k in lora_keys:
             assert not torch.equal(after[k], v), f"{k} did not train"
@@ -241,7 +249,7 @@ def test_merge_unmerge_and_idempotence():
 def test_forward_skips_the_branch_while_merged():
     layer = LoRALinear(nn.Linear(6, 6), r=2, alpha=2)
     with torch.no_grad():
-        layer.lora_B.normal_()
+        layer.lora_B[D].normal_()
     layer.merge()
     x = torch.randn(3, 6)
     assert torch.equal(layer(x), layer.base_layer(x))

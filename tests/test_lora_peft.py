@@ -1,4 +1,4 @@
-"""Parity of lora_teach.lora with Hugging Face PEFT's LoRA on the course's GPT (skipped without peft).
+"""Parity of lora_teach.lora, lora_variants and serving with PEFT's LoRA on the course's GPT (skipped without peft).
 
 Two deep copies of one small GPT: PEFT injects its LoRA layers into one (`init_lora_weights=False` keeps B
 non-zero), ours goes into the other, PEFT's A and B are copied into ours (seeds alone would not give equal
@@ -39,8 +39,8 @@ def twin_models(dtype, r=4, alpha=8, use_rslora=False):
     with torch.no_grad():
         for name, layer in lora_layers(ours).items():
             module = theirs.get_submodule(name)
-            layer.lora_A.copy_(module.lora_A["default"].weight)
-            layer.lora_B.copy_(module.lora_B["default"].weight)
+            layer.lora_A["default"].copy_(module.lora_A["default"].weight)
+            layer.lora_B["default"].copy_(module.lora_B["default"].weight)
     return theirs, ours
 
 
@@ -49,8 +49,8 @@ def lora_params(theirs, ours):
     pairs = []
     for name, layer in lora_layers(ours).items():
         module = theirs.get_submodule(name)
-        pairs.append((f"{name}.lora_A", module.lora_A["default"].weight, layer.lora_A))
-        pairs.append((f"{name}.lora_B", module.lora_B["default"].weight, layer.lora_B))
+        pairs.append((f"{name}.lora_A", module.lora_A["default"].weight, layer.lora_A["default"]))
+        pairs.append((f"{name}.lora_B", module.lora_B["default"].weight, layer.lora_B["default"]))
     return pairs
 
 
@@ -65,7 +65,7 @@ def batch():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_parity_with_peft(dtype, alpha, use_rslora):
     theirs, ours = twin_models(dtype, alpha=alpha, use_rslora=use_rslora)
-    scaling = lora_layers(ours)[next(iter(lora_layers(ours)))].scaling
+    scaling = next(iter(lora_layers(ours).values())).scaling["default"]
     power_of_two = math.frexp(scaling)[0] == 0.5
     tol = FP32 if dtype == torch.float32 else EXACT if power_of_two else FP64
     pairs = lora_params(theirs, ours)
@@ -112,20 +112,15 @@ def test_parity_with_peft(dtype, alpha, use_rslora):
 
 def test_peft_and_ours_freeze_the_same_parameters():
     theirs, ours = twin_models(torch.float32)
-    names_t = {n.replace(".default", "").replace(".weight", "") for n, p in theirs.named_parameters()
-               if p.requires_grad}
+    names_t = {n.replace(".weight", "") for n, p in theirs.named_parameters() if p.requires_grad}
     names_o = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert names_t == names_o
 
 
 # --------------------------------------------------------------------------------- the LoRA family (issue 16)
-from lora_teach.lora import (  # noqa: E402
-    add_adapter,
-    forward_with_adapters,
-    loraplus_param_groups,
-    set_adapter,
-    unmerge_lora,
-)
+from lora_teach.lora import unmerge_lora  # noqa: E402
+from lora_teach.lora_variants import loraplus_param_groups  # noqa: E402
+from lora_teach.serving import add_adapter, forward_with_adapters, set_adapter  # noqa: E402
 
 FP64_FAMILY = dict(rtol=0, atol=1e-10)  # the tolerance the family's parity is held to in float64
 
@@ -146,9 +141,9 @@ def dora_twins(dtype=torch.float64, alpha=8, dropout=0.0):
     with torch.no_grad():
         for name, layer in lora_layers(ours).items():
             module = theirs.get_submodule(name)
-            layer.lora_A.copy_(module.lora_A["default"].weight)
-            layer.lora_B.copy_(module.lora_B["default"].weight)
-            layer.lora_magnitude.copy_(module.lora_magnitude_vector["default"].weight)
+            layer.lora_A["default"].copy_(module.lora_A["default"].weight)
+            layer.lora_B["default"].copy_(module.lora_B["default"].weight)
+            layer.lora_magnitude["default"].copy_(module.lora_magnitude_vector["default"].weight)
     return theirs, ours
 
 
@@ -156,9 +151,10 @@ def dora_params(theirs, ours):
     pairs = []
     for name, layer in lora_layers(ours).items():
         module = theirs.get_submodule(name)
-        pairs += [(f"{name}.lora_A", module.lora_A["default"].weight, layer.lora_A),
-                  (f"{name}.lora_B", module.lora_B["default"].weight, layer.lora_B),
-                  (f"{name}.lora_magnitude", module.lora_magnitude_vector["default"].weight, layer.lora_magnitude)]
+        pairs += [(f"{name}.lora_A", module.lora_A["default"].weight, layer.lora_A["default"]),
+                  (f"{name}.lora_B", module.lora_B["default"].weight, layer.lora_B["default"]),
+                  (f"{name}.lora_magnitude", module.lora_magnitude_vector["default"].weight,
+                   layer.lora_magnitude["default"])]
     return pairs
 
 
@@ -206,8 +202,9 @@ def test_dora_magnitude_starts_at_the_row_norms_of_w0_as_in_peft():
     ours = apply_lora(copy.deepcopy(base), LoRAConfig(r=4, alpha=8, target_modules=tuple(TARGETS), use_dora=True))
     for name, layer in lora_layers(ours).items():
         peft_m = theirs.get_submodule(name).lora_magnitude_vector["default"].weight
-        torch.testing.assert_close(layer.lora_magnitude, peft_m, rtol=0, atol=0)
-        torch.testing.assert_close(layer.lora_magnitude, base.get_submodule(name).weight.norm(dim=1), rtol=0, atol=0)
+        magnitude = layer.lora_magnitude["default"]
+        torch.testing.assert_close(magnitude, peft_m, rtol=0, atol=0)
+        torch.testing.assert_close(magnitude, base.get_submodule(name).weight.norm(dim=1), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("alpha", [4, 8, 6])  # scaling 1, 2, 1.5: PEFT divides S_r by the scaling
@@ -222,8 +219,8 @@ def test_pissa_parity_with_peft(alpha):
     theirs, ours = theirs.double(), ours.double()
     for name, layer in lora_layers(ours).items():
         module = theirs.get_submodule(name)
-        torch.testing.assert_close(layer.lora_A, module.lora_A["default"].weight, **FP64_FAMILY)
-        torch.testing.assert_close(layer.lora_B, module.lora_B["default"].weight, **FP64_FAMILY)
+        torch.testing.assert_close(layer.lora_A["default"], module.lora_A["default"].weight, **FP64_FAMILY)
+        torch.testing.assert_close(layer.lora_B["default"], module.lora_B["default"].weight, **FP64_FAMILY)
         torch.testing.assert_close(layer.base_layer.weight, module.base_layer.weight, **FP64_FAMILY)
         assert not torch.allclose(layer.base_layer.weight, base.get_submodule(name).weight.double(), atol=1e-3)
     x, _ = batch()
@@ -253,7 +250,7 @@ def _peft_mixed_forward(model, x, names):
 
 def test_mixed_batch_parity_with_peft_float64():
     """PEFT 0.21 refuses DoRA adapters in a mixed batch, so the parity uses plain ones (DoRA rows are checked
-    against their merged adapter in test_lora_family.py)."""
+    against their merged adapter in test_serving.py)."""
     base = small_base(torch.float64)
     cfgs = {"default": dict(r=4, lora_alpha=8), "author": dict(r=2, lora_alpha=6), "rs": dict(r=4, lora_alpha=8,
                                                                                             use_rslora=True)}
@@ -268,9 +265,8 @@ def test_mixed_batch_parity_with_peft_float64():
         for lname, layer in lora_layers(ours).items():
             module = theirs.get_submodule(lname)
             for name in cfgs:
-                A, B, _, _, _ = layer._parts(name)
-                A.copy_(module.lora_A[name].weight)
-                B.copy_(module.lora_B[name].weight)
+                layer.lora_A[name].copy_(module.lora_A[name].weight)
+                layer.lora_B[name].copy_(module.lora_B[name].weight)
     theirs.eval()
     ours.eval()
     x = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(5))
@@ -293,7 +289,7 @@ def test_mixed_batch_parity_with_peft_float64():
 
 def _peft_group_names(model, optimizer):
     def ours_name(n):
-        return (n.replace(".default.weight", "").replace("lora_magnitude_vector", "lora_magnitude"))
+        return n.replace(".default.weight", ".default").replace("lora_magnitude_vector", "lora_magnitude")
     names = {id(p): ours_name(n) for n, p in model.named_parameters()}
     return [({names[id(p)] for p in g["params"]}, g["lr"], g["weight_decay"])
             for g in optimizer.param_groups if g["params"]]

@@ -106,3 +106,18 @@ def test_training_step_updates_only_the_trainable_parameters(tiny_model):
     training_step(tiny_model, (x, x, torch.ones_like(x, dtype=torch.bool)))()
     changed = [k for k, v in tiny_model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed == ["lm_head.weight"] and head.grad is not None
+
+
+def test_training_step_is_the_step_train_takes(tiny_model):
+    import copy
+
+    from lora_teach.measure import training_step
+    from lora_teach.training import train_step
+
+    x = torch.randint(0, tiny_model.config.vocab_size, (2, 8))
+    batch = (x, x, torch.ones_like(x, dtype=torch.bool))
+    timed, stepped = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    training_step(timed, batch, lr=1e-2)()
+    stepped.train()
+    train_step(stepped, torch.optim.AdamW(list(stepped.parameters()), lr=1e-2), batch)
+    assert all(torch.equal(a, b) for a, b in zip(timed.parameters(), stepped.parameters(), strict=True))

@@ -7,9 +7,10 @@ Static checks on every course notebook (notebooks/NN_*.ipynb) and on the package
 - one seed: the first code cell after the Colab cell is `device = setup()` (the course seed), no notebook
   replaces that seed, and no package module seeds a global generator except lora_teach/training.py;
 - files: a cell that writes a file does it inside a `tempfile.TemporaryDirectory()`.
-The dynamic side (every notebook under a 2 GiB memory limit, each cell run twice, in reverse order, leaving no
-file behind) is scripts/check_memory_limit.py, a CI step in .ci/run; `git status` staying clean after
-`make test` is checked there too.
+The dynamic side: under `make test`, nbval runs every notebook once, and conftest.py then checks its kernel's
+peak memory against Binder's and that it left no file in its folder; .ci/run checks that `git status` stays
+clean. The stricter run (each cell twice, reverse order, an empty directory) is `make check-rerun`
+(tools/check_memory_limit.py), outside CI.
 
 A literal `torch.manual_seed(n)` inside a notebook cell is sanctioned: it re-seeds torch's generator right
 before a random initialisation so that this one cell prints the same numbers when it is run again on its own.
@@ -21,9 +22,10 @@ import ast
 import re
 from pathlib import Path
 
+import check_memory_limit
 import nbformat
+import notebook_runner
 import pytest
-from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -220,11 +222,7 @@ def test_a_temporary_directory_opened_in_an_earlier_cell_counts():
     assert temporary_directory_names(["with tempfile.TemporaryDirectory() as folder:\n    pass"]) == {"folder"}
 
 
-# ------------------------------------------------------------------- the dynamic check (CI step in .ci/run)
-def memory_script():
-    return load_script("scripts/check_memory_limit.py")
-
-
+# ------------------------------------------------------------------ the stricter run (make check-rerun)
 def synthetic_notebook(tmp_path: Path, *sources: str) -> Path:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -240,7 +238,7 @@ def test_the_memory_script_catches_a_broken_rerun_a_left_file_and_a_blown_budget
         "if 'once' in globals():\n    raise KeyError('state broken by a second run')\nonce = True",
         "open('left_behind.txt', 'w').write('x')",
     )
-    row = memory_script().run(path, budget_mb=1, git_check=False)
+    row = check_memory_limit.run(path, budget_mb=1, git_check=False)
     problems = "\n".join(row["problems"])
     assert "second run of code cell 2 (`if 'once' in globals():`) broke: KeyError" in problems
     assert "left_behind.txt" in problems
@@ -250,7 +248,7 @@ def test_the_memory_script_catches_a_broken_rerun_a_left_file_and_a_blown_budget
 
 def test_the_memory_script_passes_a_clean_notebook_and_reports_its_peak(tmp_path):
     path = synthetic_notebook(tmp_path, "x = [0] * 1000\nprint(len(x))")
-    row = memory_script().run(path, budget_mb=1792, git_check=False)
+    row = check_memory_limit.run(path, budget_mb=1792, git_check=False)
     assert row["problems"] == [] and row["refused"] == []
     assert 10 < row["peak_rss_mb"] < 1792 and row["peak_address_space_mb"] > 0
 
@@ -276,11 +274,9 @@ def test_no_stale_progress_bar_text_is_committed(path):
 
 
 def test_the_notebook_runner_strips_progress_text_and_figure_widget_state():
-    """scripts/run_notebook.py, which executes the committed notebooks: bar text goes, other output stays, and a
-    widget shown with a PNG fallback loses its saved state (with the models only it uses) while a bar keeps its."""
-    from repo_scripts import load_script
-
-    runner = load_script("scripts/run_notebook.py")
+    """The clean-up after tools/run_notebook.py executes a committed notebook: bar text goes, other output stays,
+    and a widget shown with a PNG fallback loses its saved state (with the models only it uses) while a bar keeps
+    its."""
     view = "application/vnd.jupyter.widget-view+json"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
         nbformat.v4.new_output("stream", name="stderr", text="Writing:   0%|  | 0/1\rWriting: 100%|##| 1/1\nkept\n"),
@@ -291,8 +287,8 @@ def test_the_notebook_runner_strips_progress_text_and_figure_widget_state():
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
         "b1": {"state": {"layout": "IPY_MODEL_b2"}}, "b2": {"state": {}},
         "f1": {"state": {"children": ["IPY_MODEL_f2"]}}, "f2": {"state": {}}}}}
-    runner.strip_progress_text(nb)
-    assert runner.strip_figure_widget_state(nb) == 2
+    notebook_runner.strip_progress_text(nb)
+    assert notebook_runner.strip_figure_widget_state(nb) == 2
     outputs = nb.cells[0].outputs
     assert [o.get("text") for o in outputs if o.output_type == "stream"] == ["kept\n"]
     assert "text/plain" not in outputs[1]["data"] and outputs[2]["data"]["image/png"] == "iVBOR"

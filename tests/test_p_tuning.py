@@ -25,7 +25,7 @@ def base_params(model):
 
 def test_prompt_encoder_is_the_papers_bilstm_then_mlp():
     torch.manual_seed(0)
-    enc = PromptEncoder(n_virtual=5, d=16)
+    enc = PromptEncoder(num_virtual_tokens=5, d=16)
     lstm = enc.lstm_head
     assert (lstm.num_layers, lstm.bidirectional, lstm.hidden_size, lstm.input_size) == (2, True, 8, 16)
     assert [type(m).__name__ for m in enc.mlp_head] == ["Linear", "ReLU", "Linear"]
@@ -88,7 +88,7 @@ def test_virtual_tokens_of_real_embeddings_equal_the_base_on_the_spliced_tokens(
 
 def test_a_prepend_template_is_prompt_tuning(model):
     pt = PTuning(copy.deepcopy(model), template=[(0, 4)], encoder="none")
-    prompt = PromptTuning(copy.deepcopy(model), n_tokens=4)
+    prompt = PromptTuning(copy.deepcopy(model), num_virtual_tokens=4)
     with torch.no_grad():
         prompt.soft_prompt.copy_(pt.virtual_tokens)
     x = ids(2, 10, seed=9)
@@ -112,7 +112,7 @@ def test_only_the_encoder_trains_and_gradients_reach_it(model):
 
 
 @pytest.mark.parametrize("encoder", ["lstm", "mlp", "none"])
-def test_dropping_the_encoder_keeps_outputs_and_only_n_virtual_times_d(model, encoder):
+def test_dropping_the_encoder_keeps_outputs_and_only_num_virtual_tokens_times_d(model, encoder):
     base_total = base_params(model)
     torch.manual_seed(0)
     pt = PTuning(model, template=[(0, 3), (5, 2)], encoder=encoder)

@@ -69,7 +69,7 @@ def test_freeze_prefix_keeps_the_outputs(tiny_model):
     x = torch.randint(97, (2, 12))
     before = pt(x)[0]
     assert not torch.allclose(before, tiny_model(x)[0])
-    exported = pt.export_prefix()
+    exported = pt.get_prompt_embedding_to_save()
     pt.freeze_prefix()
     torch.testing.assert_close(pt(x)[0], before, rtol=0, atol=1e-6)
     torch.testing.assert_close(pt.prefix[:, 0], exported["prefix_keys"])
@@ -78,9 +78,9 @@ def test_freeze_prefix_keeps_the_outputs(tiny_model):
     torch.testing.assert_close(pt(x)[0], before, rtol=0, atol=1e-6)
 
 
-def test_export_shapes(tiny_model, tiny_config):
+def test_the_saved_prefix_shapes(tiny_model, tiny_config):
     pt = PrefixTuning(tiny_model, 7, hidden=16)
-    ex = pt.export_prefix()
+    ex = pt.get_prompt_embedding_to_save()
     L, d = tiny_config.n_layer, tiny_config.n_embd
     assert set(ex) == {"prefix_keys", "prefix_values"}
     assert ex["prefix_keys"].shape == ex["prefix_values"].shape == (L, 7, d)
@@ -143,17 +143,17 @@ def test_sequence_must_fit_with_the_prefix():
 
 
 @pytest.mark.parametrize("kwargs, error, word", [
-    ({"prefix_len": 0}, ValueError, "prefix_len"),
-    ({"prefix_len": -2}, ValueError, "prefix_len"),
-    ({"prefix_len": 2.0}, ValueError, "prefix_len"),
-    ({"prefix_len": True}, ValueError, "prefix_len"),
-    ({"prefix_len": "block_size"}, ValueError, "block_size"),  # replaced by the config's block_size
-    ({"prefix_len": 4, "hidden": 0}, ValueError, "hidden"),
-    ({"prefix_len": 4, "reparam": "yes"}, TypeError, "reparam"),
+    ({"num_virtual_tokens": 0}, ValueError, "num_virtual_tokens"),
+    ({"num_virtual_tokens": -2}, ValueError, "num_virtual_tokens"),
+    ({"num_virtual_tokens": 2.0}, ValueError, "num_virtual_tokens"),
+    ({"num_virtual_tokens": True}, ValueError, "num_virtual_tokens"),
+    ({"num_virtual_tokens": "block_size"}, ValueError, "block_size"),  # replaced by the config's block_size
+    ({"num_virtual_tokens": 4, "hidden": 0}, ValueError, "hidden"),
+    ({"num_virtual_tokens": 4, "reparam": "yes"}, TypeError, "reparam"),
 ])
 def test_bad_input_is_refused_before_any_change(tiny_model, tiny_config, kwargs, error, word):
-    if kwargs["prefix_len"] == "block_size":
-        kwargs = {"prefix_len": tiny_config.block_size}
+    if kwargs["num_virtual_tokens"] == "block_size":
+        kwargs = {"num_virtual_tokens": tiny_config.block_size}
     before = state_copy(tiny_model)
     with pytest.raises(error, match=word):
         PrefixTuning(tiny_model, **kwargs)

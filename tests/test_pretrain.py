@@ -2,14 +2,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lora_teach.model import base_model_card, load_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = ROOT / "experiments" / "pretrain_base.py"
 
 
+@pytest.mark.slow
 def test_pretraining_script_reduces_the_loss(tmp_path):
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pretrain_base.py"), "--steps", "40", "--n-layer", "1",
+        [sys.executable, str(PRETRAIN), "--steps", "40", "--n-layer", "1",
          "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--warmup", "5", "--out", str(tmp_path)],
         check=True, capture_output=True, text=True,
     )

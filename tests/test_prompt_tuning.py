@@ -20,7 +20,7 @@ def model():
 
 def test_only_the_soft_prompt_is_trainable(model):
     base_total = sum(p.numel() for p in model.parameters())
-    pt = PromptTuning(model, n_tokens=5)
+    pt = PromptTuning(model, num_virtual_tokens=5)
     d = model.config.n_embd
     assert pt.soft_prompt.shape == (5, d)
     assert count_parameters(pt) == (5 * d, base_total + 5 * d)
@@ -30,7 +30,7 @@ def test_only_the_soft_prompt_is_trainable(model):
 def test_soft_prompt_of_real_tokens_equals_base_on_prompt_then_input(model):
     """The exactness test: soft prompt = embeddings of tokens P  =>  output on x == base output on P + x."""
     P, x = ids(1, 6, seed=1), ids(3, 10, seed=2)
-    pt = PromptTuning(copy.deepcopy(model), n_tokens=6)
+    pt = PromptTuning(copy.deepcopy(model), num_virtual_tokens=6)
     with torch.no_grad():
         pt.soft_prompt.copy_(model.embed(P)[0])
         got, _ = pt(x)
@@ -40,7 +40,7 @@ def test_soft_prompt_of_real_tokens_equals_base_on_prompt_then_input(model):
 
 
 def test_prompt_positions_never_enter_the_loss(model):
-    pt = PromptTuning(model, n_tokens=4)
+    pt = PromptTuning(model, num_virtual_tokens=4)
     x, y = ids(2, 8, seed=3), ids(2, 8, seed=4)
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, -2:] = True
@@ -55,19 +55,19 @@ def test_prompt_positions_never_enter_the_loss(model):
 def test_vocab_text_and_random_inits(model):
     wte = model.wte.weight
     torch.manual_seed(0)
-    vocab = PromptTuning(copy.deepcopy(model), n_tokens=7, init="vocab").soft_prompt
+    vocab = PromptTuning(copy.deepcopy(model), num_virtual_tokens=7, init="vocab").soft_prompt
     rows = (vocab[:, None, :] == wte[None]).all(-1)  # (7, vocab): which embedding row each prompt vector is
     assert rows.any(1).all()
     torch.manual_seed(0)
-    again = PromptTuning(copy.deepcopy(model), n_tokens=7, init="vocab").soft_prompt
+    again = PromptTuning(copy.deepcopy(model), num_virtual_tokens=7, init="vocab").soft_prompt
     assert torch.equal(vocab, again)  # seeded: repeatable
 
-    text = PromptTuning(copy.deepcopy(model), n_tokens=7, init="ab c").soft_prompt
-    assert torch.equal(text, wte[CharTokenizer().tensor("ab cab ")])  # repeated, then cut to n_tokens
-    cut = PromptTuning(copy.deepcopy(model), n_tokens=3, init="yes or no").soft_prompt
+    text = PromptTuning(copy.deepcopy(model), num_virtual_tokens=7, init="ab c").soft_prompt
+    assert torch.equal(text, wte[CharTokenizer().tensor("ab cab ")])  # repeated, then cut to num_virtual_tokens
+    cut = PromptTuning(copy.deepcopy(model), num_virtual_tokens=3, init="yes or no").soft_prompt
     assert torch.equal(cut, wte[CharTokenizer().tensor("yes")])
 
-    rand = PromptTuning(copy.deepcopy(model), n_tokens=50 // 2, init="random").soft_prompt
+    rand = PromptTuning(copy.deepcopy(model), num_virtual_tokens=50 // 2, init="random").soft_prompt
     assert rand.abs().max() <= RANDOM_RANGE and rand.std() > 0.2
 
 
@@ -84,7 +84,7 @@ class ConstantAnswer:
 def test_training_moves_only_the_prompt_and_lowers_the_loss():
     gpt = small_gpt(std=0.2)
     before = snapshot(gpt)
-    pt = PromptTuning(gpt, n_tokens=4)
+    pt = PromptTuning(gpt, num_virtual_tokens=4)
     start = pt.soft_prompt.detach().clone()
     hist = train(pt, ConstantAnswer(), steps=25, lr=3e-2, batch_size=8, progress=False)
     assert sum(hist.loss[-5:]) / 5 < sum(hist.loss[:5]) / 5 - 0.25  # nats
@@ -95,7 +95,7 @@ def test_training_moves_only_the_prompt_and_lowers_the_loss():
 
 def test_generate_with_a_real_token_prompt_matches_the_base(model):
     P, x = ids(1, 5, seed=5), ids(2, 4, seed=6)
-    pt = PromptTuning(copy.deepcopy(model), n_tokens=5)
+    pt = PromptTuning(copy.deepcopy(model), num_virtual_tokens=5)
     with torch.no_grad():
         pt.soft_prompt.copy_(model.embed(P)[0])
     out = pt.generate(x, 6, temperature=0)
@@ -106,25 +106,25 @@ def test_generate_with_a_real_token_prompt_matches_the_base(model):
 def test_follows_the_model_dtype_and_exports_the_prompt_only():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=16)).double()
-    pt = PromptTuning(model, n_tokens=3)
+    pt = PromptTuning(model, num_virtual_tokens=3)
     assert pt.soft_prompt.dtype == torch.float64
     saved = pt.get_prompt_embedding_to_save()
     assert list(saved) == ["soft_prompt"] and saved["soft_prompt"].shape == (3, 8)
     assert not saved["soft_prompt"].requires_grad
 
 
-@pytest.mark.parametrize("n_tokens", [0, -3, 2.5, True, "4", None])
-def test_bad_n_tokens_is_refused_before_any_change(model, n_tokens):
+@pytest.mark.parametrize("num_virtual_tokens", [0, -3, 2.5, True, "4", None])
+def test_bad_num_virtual_tokens_is_refused_before_any_change(model, num_virtual_tokens):
     before = snapshot(model)
-    with pytest.raises(ValueError, match="n_tokens must be a positive int"):
-        PromptTuning(model, n_tokens=n_tokens)
+    with pytest.raises(ValueError, match="num_virtual_tokens must be a positive int"):
+        PromptTuning(model, num_virtual_tokens=num_virtual_tokens)
     assert_unchanged(model, before)
 
 
 def test_prompt_as_long_as_block_size_is_refused(model):
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"block_size \(32\)"):
-        PromptTuning(model, n_tokens=32)
+        PromptTuning(model, num_virtual_tokens=32)
     assert_unchanged(model, before)
 
 
@@ -135,19 +135,20 @@ def test_prompt_as_long_as_block_size_is_refused(model):
 def test_unknown_init_is_refused_before_any_change(model, init, error):
     before = snapshot(model)
     with pytest.raises(error):
-        PromptTuning(model, n_tokens=4, init=init)
+        PromptTuning(model, num_virtual_tokens=4, init=init)
     assert_unchanged(model, before)
 
 
 def test_a_model_that_is_not_a_gpt_is_refused():
     with pytest.raises(TypeError, match="lora_teach GPT"):
-        PromptTuning(torch.nn.Linear(4, 4), n_tokens=2)
+        PromptTuning(torch.nn.Linear(4, 4), num_virtual_tokens=2)
 
 
 def test_input_too_long_for_block_size_is_refused_and_names_the_limit(model):
-    pt = PromptTuning(model, n_tokens=10)
+    pt = PromptTuning(model, num_virtual_tokens=10)
     pt(ids(1, 22))  # 10 + 22 = 32 fits exactly
-    with pytest.raises(ValueError, match=r"n_tokens \(10\) \+ input length \(23\) = 33 exceeds block_size \(32\)"):
+    too_long = r"num_virtual_tokens \(10\) \+ input length \(23\) = 33 exceeds block_size \(32\)"
+    with pytest.raises(ValueError, match=too_long):
         pt(ids(1, 23))
     with pytest.raises(ValueError, match="batch, time"):
         pt(ids(1, 5)[0])

@@ -55,7 +55,8 @@ def randomize_b(layers, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in layers:
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen, dtype=layer.lora_B.dtype))
+            B = layer.lora_B["default"]
+            B.copy_(torch.randn(B.shape, generator=gen, dtype=B.dtype))
 
 
 def inputs(d_in: int, seed: int, dtype=torch.float64, shape=(3, 2)) -> torch.Tensor:
@@ -67,10 +68,11 @@ def inputs(d_in: int, seed: int, dtype=torch.float64, shape=(3, 2)) -> torch.Ten
 @given(dims, dims, ranks, alphas, st.booleans(), st.booleans(), seeds)
 def test_init_shapes_and_output_equals_base(d_in, d_out, r, alpha, use_rslora, bias, seed):
     layer = layer_for(d_in, d_out, r, alpha, use_rslora, bias, seed, dtype=torch.float32)
-    assert layer.lora_A.shape == (r, d_in) and layer.lora_B.shape == (d_out, r)
-    assert torch.count_nonzero(layer.lora_B) == 0
+    A, B = layer.lora_A["default"], layer.lora_B["default"]
+    assert A.shape == (r, d_in) and B.shape == (d_out, r)
+    assert torch.count_nonzero(B) == 0
     bound = 1 / math.sqrt(d_in)  # kaiming_uniform_ with a = sqrt(5), as nn.Linear, loralib and PEFT
-    assert layer.lora_A.abs().max() <= bound + 1e-7 and torch.count_nonzero(layer.lora_A) > 0
+    assert A.abs().max() <= bound + 1e-7 and torch.count_nonzero(A) > 0
     x = inputs(d_in, seed, torch.float32)
     assert torch.equal(layer(x), layer.base_layer(x))
 
@@ -82,7 +84,7 @@ def test_parameter_count_is_r_times_in_plus_out_and_only_a_b_train(d_in, d_out, 
     trainable, total = count_parameters(layer)
     assert trainable == r * (d_in + d_out)
     assert total == d_in * d_out + (d_out if bias else 0) + r * (d_in + d_out)
-    assert {n for n, p in layer.named_parameters() if p.requires_grad} == {"lora_A", "lora_B"}
+    assert {n for n, p in layer.named_parameters() if p.requires_grad} == {"lora_A.default", "lora_B.default"}
 
 
 @settings(max_examples=40, **SETTINGS)
@@ -91,9 +93,9 @@ def test_forward_is_base_plus_scaled_low_rank_update(d_in, d_out, r, alpha, use_
     layer = layer_for(d_in, d_out, r, alpha, use_rslora, seed=seed)
     randomize_b([layer], seed)
     expected_scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
-    assert math.isclose(layer.scaling, expected_scaling, rel_tol=1e-12)
+    assert math.isclose(layer.scaling["default"], expected_scaling, rel_tol=1e-12)
     x = inputs(d_in, seed)
-    expected = layer.base_layer(x) + expected_scaling * (x @ layer.lora_A.T @ layer.lora_B.T)
+    expected = layer.base_layer(x) + expected_scaling * (x @ layer.lora_A["default"].T @ layer.lora_B["default"].T)
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
     delta = layer.get_delta_weight()
     assert delta.shape == (d_out, d_in)
@@ -125,9 +127,9 @@ def test_merged_equals_unmerged_and_unmerge_restores_w(d_in, d_out, r, alpha, us
 def test_at_init_only_b_gets_a_gradient(d_in, d_out, r, alpha, seed):
     layer = layer_for(d_in, d_out, r, alpha, seed=seed)
     layer(inputs(d_in, seed)).pow(2).sum().backward()
-    assert torch.count_nonzero(layer.lora_A.grad) == 0  # dL/dA = scaling * B^T (...) and B = 0
+    assert torch.count_nonzero(layer.lora_A["default"].grad) == 0  # dL/dA = scaling * B^T (...) and B = 0
     assert layer.base_layer.weight.grad is None
-    assert layer.lora_B.grad is not None
+    assert layer.lora_B["default"].grad is not None
 
 
 # --------------------------------------------------------------------------------------------- the model

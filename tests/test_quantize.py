@@ -167,7 +167,7 @@ def test_qlora_lora_wraps_the_4bit_layer_and_only_a_and_b_train(base):
     layers = lora_layers(model)
     assert layers and all(isinstance(m.base_layer, Q.NF4Linear) for m in layers.values())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    assert trainable and all(n.endswith(("lora_A.default", "lora_B.default")) for n in trainable)
     x = torch.randint(0, 97, (2, 16))
     _, loss = model(x, x)
     loss.backward()
@@ -182,7 +182,7 @@ def test_an_exact_merge_into_the_4bit_base_is_refused_and_the_lossy_one_is_measu
     torch.manual_seed(0)
     model = apply_lora(Q.quantize_model(copy.deepcopy(base)), LoRAConfig(r=4, alpha=8))
     for m in lora_layers(model).values():
-        nn.init.normal_(m.lora_B, std=0.05)
+        nn.init.normal_(m.lora_B["default"], std=0.05)
     with pytest.raises(ValueError, match="quantised"):
         merge_and_unload(model)
     x = torch.randint(0, 97, (2, 32))

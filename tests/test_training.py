@@ -1,8 +1,10 @@
+import copy
+
 import pytest
 import torch
 
 from lora_teach.data import LanguageModelingTask, author_task
-from lora_teach.training import lr_at, seed_everything, train
+from lora_teach.training import GRAD_CLIP, lr_at, seed_everything, train, train_step
 
 
 def test_train_reduces_loss_and_is_reproducible(tiny_config):
@@ -70,3 +72,26 @@ def test_schedule():
     assert lr_at(10, 100, 1.0, 10, "cosine") == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0, 10, "cosine") == pytest.approx(0.1)
     assert lr_at(50, 100, 1.0, 0, "constant") == 1.0
+
+
+def test_train_is_train_step_repeated(tiny_model):
+    """The same batches through train_step, with the same optimizer, give train's losses and weights."""
+    task = LanguageModelingTask("austen", block_size=32, eval_windows=8)
+    trained, stepped = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    hist = train(trained, task, steps=3, lr=1e-2, batch_size=4, seed=5, progress=False)
+    generator = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    opt = torch.optim.AdamW(list(stepped.parameters()), lr=1e-2, weight_decay=0.0)
+    stepped.train()
+    losses = [train_step(stepped, opt, task.train_batch(4, generator)).item() for _ in range(3)]
+    assert losses == hist.loss
+    assert all(torch.equal(a, b) for a, b in zip(trained.parameters(), stepped.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("grad_clip", [GRAD_CLIP, None])
+def test_train_step_clips_the_gradient_norm(tiny_model, grad_clip):
+    x = torch.randint(97, (4, 16))
+    opt = torch.optim.SGD(tiny_model.parameters(), lr=0.0)  # no update: only the gradients matter here
+    train_step(tiny_model, opt, (x, x, torch.ones_like(x, dtype=torch.bool)), grad_clip)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tiny_model.parameters()]))
+    assert (norm <= GRAD_CLIP + 1e-4) == (grad_clip is not None)  # an untrained model's gradient norm exceeds 1

@@ -5,7 +5,8 @@ a hint, and returns True or False. An exercise not answered yet (its `None`, or 
 None) gets a neutral line saying what to replace, and no hint: the learner has not tried yet. A check never
 raises: a wrong type, a wrong shape, or an exception inside the learner's own function all become a `✗` message.
 
-A new exercise is usually one call of `check_number`, `check_choice` or `check_function` (docs/WORKSHOP.md).
+A new exercise is usually one call of `check_number`, `check_choice` or `check_function` (docs/WORKSHOP.md),
+decorated with its `right_answer`: the one place the answer is written, for the check, the tests and the teacher.
 """
 
 from __future__ import annotations
@@ -17,7 +18,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+__all__ = ["check_choice", "check_function", "check_number"]
+
 PASS, FAIL, WAITING = "✓", "✗", "…"
+
+
+def right_answer(answer: Callable[[], object]) -> Callable:
+    """Decorator: `check.right_answer()` returns the check's right answer, computed when asked: the value or letter
+    to give, or, for a function exercise, the solution function (the code its notebook folds under it)."""
+    def attach(check):
+        check.right_answer = answer
+        return check
+
+    return attach
 
 
 def _passed(message: str) -> bool:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from .core import _base_parameters, _first_match, check_function, check_number
+from .core import _base_parameters, _first_match, check_function, check_number, right_answer
+
+__all__ = ["check_weights_megabytes", "check_linear_by_hand"]
 
 
+@right_answer(lambda: 4 * _base_parameters() / 1e6)
 def check_weights_megabytes(answer) -> bool:
     """00: megabytes (10^6 bytes) of the base model's weights in fp32."""
     n = _base_parameters()
-    expected = 4 * n / 1e6
+    expected = check_weights_megabytes.right_answer()
     return check_number(
         answer, expected, name="weights_mb", rel_tol=0.02,
         hint="parameters × bytes per parameter, then divide by 10^6; an fp32 number takes 4 bytes.",
@@ -23,6 +26,12 @@ def check_weights_megabytes(answer) -> bool:
                   (4 * n, "that is in bytes; divide by 10^6 for MB.")])
 
 
+def linear_by_hand(x, weight, bias):
+    """What nn.Linear computes for x, from its stored weight and bias."""
+    return x @ weight.T + bias  # weight is (out, in): its transpose maps the last axis of x
+
+
+@right_answer(lambda: linear_by_hand)
 def check_linear_by_hand(fn) -> bool:
     """00: linear_by_hand(x, weight, bias) computes what nn.Linear computes, from the weight it stores (out, in)."""
     g = torch.Generator().manual_seed(0)  # a private stream: the learner's random numbers are left alone

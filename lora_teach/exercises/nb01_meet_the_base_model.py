@@ -10,16 +10,20 @@ from .core import (
     check_choice,
     check_function,
     check_number,
+    right_answer,
 )
+
+__all__ = ["check_always_austen_accuracy", "check_block_parameters", "check_frozen_mlp_share", "check_shakespeare_gap"]
 
 AUTHORS_PER_SPLIT = 3  # author_task: the same number of validation passages (100) for each of 3 authors
 UNBALANCED_SPLIT = {"austen": 200, "shakespeare": 50, "melville": 50}  # the split exercise 1 imagines
 
 
+@right_answer(lambda: UNBALANCED_SPLIT["austen"] / sum(UNBALANCED_SPLIT.values()))
 def check_always_austen_accuracy(answer) -> bool:
     """01: accuracy of a model that always answers "austen" on a split of 200 Austen, 50 Shakespeare, 50 Melville."""
     n = sum(UNBALANCED_SPLIT.values())
-    expected = UNBALANCED_SPLIT["austen"] / n
+    expected = check_always_austen_accuracy.right_answer()
     return check_number(
         answer, expected, name="always_austen", rel_tol=0.02,
         hint="accuracy = passages answered right / all passages; which passages does 'austen' get right?",
@@ -56,6 +60,15 @@ def _block_mistakes(case, got):
     ])
 
 
+def block_parameters(d):
+    """Parameters in one Block of width d: two layer norms, q/k/v/o_proj, up_proj and down_proj."""
+    layer_norms = 2 * 2 * d
+    attention = 4 * (d * d + d)
+    mlp = (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return layer_norms + attention + mlp
+
+
+@right_answer(lambda: block_parameters)
 def check_block_parameters(fn) -> bool:
     """01: block_parameters(d) = the number of parameters in one transformer block of width d."""
     d = 128
@@ -79,11 +92,12 @@ def _mlp_parameters() -> tuple[int, int]:
     return cfg["n_layer"] * (d * hidden + hidden), cfg["n_layer"] * (hidden * d + d)
 
 
+@right_answer(lambda: (_base_parameters() - sum(_mlp_parameters())) / _base_parameters())
 def check_frozen_mlp_share(answer) -> bool:
     """01: the fraction of the base model's parameters that still trains when every MLP is frozen."""
     total, (up, down) = _base_parameters(), _mlp_parameters()
     mlp = up + down
-    expected = (total - mlp) / total
+    expected = check_frozen_mlp_share.right_answer()
     return check_number(
         answer, expected, name="still_trains", rel_tol=0.02,
         hint="add the up_proj and down_proj rows of the budget table, subtract that from the total, and divide "
@@ -98,10 +112,11 @@ def check_frozen_mlp_share(answer) -> bool:
                   (float(total - mlp), "that is a number of parameters; divide it by the total.")])
 
 
+@right_answer(lambda: "c")
 def check_shakespeare_gap(answer) -> bool:
     """01: why is the base model's loss on Shakespeare so much higher than on Austen?"""
     return check_choice(
-        answer, "c", name="shakespeare_gap",
+        answer, check_shakespeare_gap.right_answer(), name="shakespeare_gap",
         wrong={"a": "every shipped text is covered by the 97-character vocabulary; CharTokenizer raises an error "
                     "on a character it lacks, it never scores one as wrong.",
                "b": "the loss is a mean per character, so the length of the text does not change it.",

@@ -10,14 +10,18 @@ from .core import (
     check_choice,
     check_function,
     check_number,
+    right_answer,
 )
 
+__all__ = ["check_adamw_memory_gb", "check_training_bytes", "check_halved_batch", "check_less_forgetting"]
 
+
+@right_answer(lambda: 125e6 * 16 / 1e9)  # 4 bytes for the weight, 4 for its gradient, 8 for Adam's moments
 def check_adamw_memory_gb(answer) -> bool:
     """02: GB (10^9 bytes) of weights + gradients + AdamW state for 125 M parameters in fp32."""
     n = 125e6
     return check_number(
-        answer, 16 * n / 1e9, name="adamw_gb", rel_tol=0.01,
+        answer, check_adamw_memory_gb.right_answer(), name="adamw_gb", rel_tol=0.01,
         hint="per parameter: the weight, its gradient and Adam's two moments, 4 bytes each in fp32.",
         explanation="125e6 × 16 bytes = 2.0 GB before activations: 4 for the weight, 4 for its gradient, 8 for "
                     "Adam's two moments.",
@@ -61,6 +65,14 @@ def _memory_mistakes(case, got):
     ])
 
 
+def training_bytes(model):
+    """Bytes of fp32 weights (every parameter) plus gradients and two AdamW moments (trainable ones only)."""
+    every = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4 * every + (4 + 8) * trainable
+
+
+@right_answer(lambda: training_bytes)
 def check_training_bytes(fn) -> bool:
     """02: training_bytes(model) = bytes of weights (all) + gradients and AdamW moments (trainable only), fp32."""
     name = "training_bytes"
@@ -79,10 +91,11 @@ def check_training_bytes(fn) -> bool:
     return ok
 
 
+@right_answer(lambda: "b")
 def check_halved_batch(answer) -> bool:
     """02: what happens to the four lines of the memory table when the batch is halved?"""
     return check_choice(
-        answer, "b", name="halved_batch",
+        answer, check_halved_batch.right_answer(), name="halved_batch",
         wrong={"a": "weights, gradients and Adam's moments exist once per parameter, whatever the batch size.",
                "c": "the activations are saved for every position of every example in the batch: they grow with "
                     "batch × sequence length.",
@@ -92,10 +105,11 @@ def check_halved_batch(answer) -> bool:
                     "about half the activation line above, while the other lines depend only on the parameters.")
 
 
+@right_answer(lambda: "c")
 def check_less_forgetting(answer) -> bool:
     """02: which change to the Shakespeare run would keep the Austen loss lowest?"""
     return check_choice(
-        answer, "c", name="less_forgetting",
+        answer, check_less_forgetting.right_answer(), name="less_forgetting",
         wrong={"a": "more steps of the same objective keep moving the weights the way that made the Austen loss "
                     "climb; nothing in it pulls them back.",
                "b": "evaluating only measures: `train` records the numbers and changes no weight (the losses of the "

@@ -12,7 +12,11 @@ from .core import (
     check_choice,
     check_function,
     check_number,
+    right_answer,
 )
+
+__all__ = ["check_bottleneck_adapter", "check_largest_bottleneck", "check_pfeiffer_parameter_count",
+           "check_adapter_without_skip", "check_mergeable_adapter"]
 
 
 def _bottleneck_case(batch_shape, d, m, seed):
@@ -55,6 +59,13 @@ def _bottleneck_mistakes(case, got):
     ])
 
 
+def bottleneck_adapter(x, W_down, b_down, W_up, b_up):
+    """x (..., d) -> x + W_up GELU(W_down x + b_down) + b_up, shape (..., d)."""
+    h = F.gelu(x @ W_down.T + b_down)  # (..., m): down to the bottleneck
+    return x + h @ W_up.T + b_up  # (..., d): back up, plus the skip connection
+
+
+@right_answer(lambda: bottleneck_adapter)
 def check_bottleneck_adapter(fn) -> bool:
     """Adapters: bottleneck_adapter(x, W_down, b_down, W_up, b_up) = x + W_up gelu(W_down x + b_down) + b_up,
     compared with lora_teach.adapters.Adapter on random inputs of several sizes."""
@@ -73,14 +84,18 @@ def _adapters_size(d: int, n_layer: int, per_block: int, m) -> int:
     return per_block * n_layer * (2 * m * d + d + m)
 
 
-def _largest_bottleneck_reference(d: int, n_layer: int, per_block: int, budget: int) -> int:
-    """The largest m whose adapters fit in `budget` parameters, 0 if not even m = 1 fits."""
-    return max(0, (budget // (per_block * n_layer) - d) // (2 * d + 1))
+def largest_bottleneck(d, n_layer, per_block, budget):
+    """The largest m whose per_block * n_layer adapters d -> m -> d fit in budget parameters (0 if none fits)."""
+    n_adapters = per_block * n_layer
+    m = 0
+    while n_adapters * (2 * (m + 1) * d + d + (m + 1)) <= budget:  # does one more bottleneck feature still fit?
+        m += 1
+    return m
 
 
 def _largest_bottleneck_mistakes(case, got):
     d, n_layer, per_block, budget = case
-    right = _largest_bottleneck_reference(*case)
+    right = largest_bottleneck(*case)
     named = _first_match(got, [
         (max(0, (budget // n_layer - d) // (2 * d + 1)),
          f"there are {per_block} adapters in each of the {n_layer} blocks, not one."),
@@ -113,14 +128,15 @@ LARGEST_BOTTLENECK_CASES = [  # (d, n_layer, per_block, budget)
 ]
 
 
+@right_answer(lambda: largest_bottleneck)
 def check_largest_bottleneck(fn) -> bool:
     """Adapters: largest_bottleneck(d, n_layer, per_block, budget) = the largest bottleneck size m whose adapters
     (per_block in each of n_layer blocks, 2·m·d + d + m parameters each) fit in budget, 0 if none fits."""
-    ours = _largest_bottleneck_reference(*LARGEST_BOTTLENECK_CASES[0])
-    pfeiffer = _largest_bottleneck_reference(*LARGEST_BOTTLENECK_CASES[1])
+    ours = largest_bottleneck(*LARGEST_BOTTLENECK_CASES[0])
+    pfeiffer = largest_bottleneck(*LARGEST_BOTTLENECK_CASES[1])
     return check_function(
         fn, name="largest_bottleneck", arg_names=["d", "n_layer", "per_block", "budget"],
-        cases=LARGEST_BOTTLENECK_CASES, reference=_largest_bottleneck_reference, diagnose=_largest_bottleneck_mistakes,
+        cases=LARGEST_BOTTLENECK_CASES, reference=largest_bottleneck, diagnose=_largest_bottleneck_mistakes,
         hint="the adapters have per_block · n_layer · (2·m·d + d + m) parameters; find the largest whole m for which "
              "that is ≤ budget (a loop that tries m = 1, 2, ... works), and 0 if m = 1 is already too many.",
         explanation=f"Within 1 % of our base model (8,345 parameters, layer norms frozen) Houlsby placement affords "
@@ -136,6 +152,7 @@ def _pfeiffer_reference(d: int, n_layer: int, m: int) -> int:
     return n_layer * (2 * m * d + d + m)  # one adapter per block
 
 
+@right_answer(lambda: _pfeiffer_reference(**PFEIFFER_CASE))
 def check_pfeiffer_parameter_count(answer) -> bool:
     """03: trainable parameters of Pfeiffer adapters with m = 32 and frozen layer norms on our model."""
     d, n_layer, m = PFEIFFER_CASE["d"], PFEIFFER_CASE["n_layer"], PFEIFFER_CASE["m"]
@@ -162,10 +179,11 @@ def check_pfeiffer_parameter_count(answer) -> bool:
                                                   "adapters are trained.")])
 
 
+@right_answer(lambda: "b")
 def check_adapter_without_skip(answer) -> bool:
     """03: what the Houlsby-adapted model computes at step 0 if the adapter had no skip connection."""
     return check_choice(
-        answer, "b", name="no_skip",
+        answer, check_adapter_without_skip.right_answer(), name="no_skip",
         wrong={"a": "without the skip connection, an adapter that outputs zero replaces the sublayer's output by "
                     "zero: the sublayer is deleted, not kept.",
                "c": "the residual stream still carries the token and position embeddings past every block; the "
@@ -178,10 +196,11 @@ def check_adapter_without_skip(answer) -> bool:
                     "`output equals input exactly: True` and the adapted model gave the base's logits bit for bit.")
 
 
+@right_answer(lambda: "c")
 def check_mergeable_adapter(answer) -> bool:
     """03: which adapter variant could be folded into the frozen layer before it, as LoRA's update is."""
     return check_choice(
-        answer, "c", name="mergeable",
+        answer, check_mergeable_adapter.right_answer(), name="mergeable",
         wrong={"a": "ReLU is non-linear too: no single matrix gives W_up ReLU(W_down y + b_down) for every y, so the "
                     "two projections still run in every forward pass.",
                "b": "without the skip connection the GELU is still between the two projections: the adapter stays "

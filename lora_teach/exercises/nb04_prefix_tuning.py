@@ -12,12 +12,18 @@ from .core import (
     check_choice,
     check_function,
     check_number,
+    right_answer,
 )
 
+__all__ = ["check_prefix_kept_numbers", "check_prefix_attention", "check_prefix_training_parameters",
+           "check_prefix_exact_start"]
 
-def _prefix_kept_reference(n_layer: int, prefix_len: int, d: int, n_head: int, n_kv_head: int) -> int:
-    """Numbers a prefix keeps: a key and a value per slot, per layer, in key/value space (n_kv_head heads of d_h)."""
-    return 2 * n_layer * prefix_len * n_kv_head * (d // n_head)
+
+def prefix_kept_numbers(n_layer, prefix_len, d, n_head, n_kv_head):
+    """Numbers kept per task after freeze_prefix(), on a model whose n_head query heads share n_kv_head key/value
+    heads."""
+    d_h = d // n_head  # the width of one head
+    return 2 * n_layer * prefix_len * n_kv_head * d_h  # a key and a value per slot, layer and key/value head
 
 
 PREFIX_KEPT_CASES = [  # (n_layer, prefix_len, d, n_head, n_kv_head)
@@ -28,6 +34,7 @@ PREFIX_KEPT_CASES = [  # (n_layer, prefix_len, d, n_head, n_kv_head)
 ]
 
 
+@right_answer(lambda: prefix_kept_numbers)
 def check_prefix_kept_numbers(fn) -> bool:
     """Prefix tuning: prefix_kept_numbers(n_layer, prefix_len, d, n_head, n_kv_head) = numbers kept after training
     on a model with grouped-query attention, 2·L·P·n_kv_head·d_h with d_h = d / n_head."""
@@ -46,10 +53,10 @@ def check_prefix_kept_numbers(fn) -> bool:
                              "a prefix lives at every layer, as keys and values.")])
 
     n_layer, prefix_len, d, n_head, n_kv_head = PREFIX_KEPT_CASES[-1]
-    big = _prefix_kept_reference(*PREFIX_KEPT_CASES[-1])
+    big = prefix_kept_numbers(*PREFIX_KEPT_CASES[-1])
     return check_function(
         fn, name="prefix_kept_numbers", arg_names=["n_layer", "prefix_len", "d", "n_head", "n_kv_head"],
-        cases=PREFIX_KEPT_CASES, reference=_prefix_kept_reference, diagnose=mistakes,
+        cases=PREFIX_KEPT_CASES, reference=prefix_kept_numbers, diagnose=mistakes,
         hint="per layer and per prefix slot, one key and one value, each as wide as the layer's keys: n_kv_head "
              "heads of d_h = d // n_head numbers.",
         explanation=f"2·L·P·n_kv_head·d_h: the prefix must have the shape of the layer's own keys and values. With "
@@ -58,7 +65,19 @@ def check_prefix_kept_numbers(fn) -> bool:
                     f"for {prefix_len} slots, {n_head // n_kv_head} times fewer than 2·L·P·d.")
 
 
-def _prefix_attention_reference(q, k, v, prefix_k, prefix_v, causal_prefix=False, scale=True, append=False):
+def prefix_attention(q, k, v, prefix_k, prefix_v):
+    """One head: q, k, v (B, T, C) and a prefix (P, C) per keys and values -> (B, T, C)."""
+    B, T, C = q.shape
+    P = prefix_k.shape[0]
+    keys = torch.cat([prefix_k.expand(B, -1, -1), k], dim=1)  # (B, P+T, C): the prefix first
+    values = torch.cat([prefix_v.expand(B, -1, -1), v], dim=1)  # (B, P+T, C)
+    scores = q @ keys.transpose(1, 2) / C**0.5  # (B, T, P+T)
+    visible = torch.ones(T, P + T, dtype=torch.bool, device=q.device).tril(diagonal=P)  # all slots + the past
+    return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1) @ values  # (B, T, C)
+
+
+def _prefix_attention_variant(q, k, v, prefix_k, prefix_v, causal_prefix=False, scale=True, append=False):
+    """prefix_attention with one of its steps changed (the mask, the scale or the prefix's place): a known mistake."""
     B, T, C = q.shape
     P = prefix_k.shape[0]
     pk, pv = prefix_k.expand(B, -1, -1), prefix_v.expand(B, -1, -1)  # (B, P, C)
@@ -79,15 +98,16 @@ def _prefix_attention_mistakes(case, got):
     no_mask = (q @ torch.cat([prefix_k.expand(B, -1, -1), k], 1).transpose(1, 2) / math.sqrt(C)).softmax(-1) \
         @ torch.cat([prefix_v.expand(B, -1, -1), v], 1)
     return _first_match(got, [
-        (_prefix_attention_reference(*case, causal_prefix=True),
+        (_prefix_attention_variant(*case, causal_prefix=True),
          f"every position must see all {P} prefix slots: the causal mask is (T, P+T) lower-triangular shifted by "
          "P, e.g. torch.ones(T, P + T).tril(diagonal=P)."),
         (no_mask, "positions must not see the future: mask the scores of later tokens with -inf before softmax."),
-        (_prefix_attention_reference(*case, scale=False), "divide the scores by sqrt(C) before the softmax."),
-        (_prefix_attention_reference(*case, append=True), "the prefix goes in front of the keys and values."),
+        (_prefix_attention_variant(*case, scale=False), "divide the scores by sqrt(C) before the softmax."),
+        (_prefix_attention_variant(*case, append=True), "the prefix goes in front of the keys and values."),
     ])
 
 
+@right_answer(lambda: prefix_attention)
 def check_prefix_attention(fn) -> bool:
     """Prefix tuning: prefix_attention(q, k, v, prefix_k, prefix_v) for one head, q/k/v (B, T, C), prefix (P, C)."""
     g = torch.Generator().manual_seed(0)
@@ -99,7 +119,7 @@ def check_prefix_attention(fn) -> bool:
              (rand(1, 4, 8), rand(1, 4, 8), rand(1, 4, 8), rand(1, 8), rand(1, 8))]
     return check_function(
         fn, name="prefix_attention", arg_names=["q", "k", "v", "prefix_k", "prefix_v"], cases=cases,
-        reference=_prefix_attention_reference, diagnose=_prefix_attention_mistakes,
+        reference=prefix_attention, diagnose=_prefix_attention_mistakes,
         hint="keys = [prefix_k; k] and values = [prefix_v; v] along time (expand the prefix to the batch); "
              "scores = q @ keys^T / sqrt(C); every position sees all prefix slots and the past, never the future.",
         explanation="The prefix adds P keys and values at this layer that every position attends to; no token "
@@ -115,8 +135,9 @@ def _prefix_training_reference(d: int, n_layer: int, prefix_len: int, hidden: in
     return embedding + mlp
 
 
+@right_answer(lambda: _prefix_training_reference(**PREFIX_TRAINING_CASE))
 def check_prefix_training_parameters(answer) -> bool:
-    """04: trainable parameters of PrefixTuning(base, prefix_len=20) with the MLP (hidden 256) on our model."""
+    """04: trainable parameters of PrefixTuning(base, num_virtual_tokens=20) with the MLP (hidden 256) on our model."""
     case = PREFIX_TRAINING_CASE
     d, n_layer, prefix_len, hidden = case["d"], case["n_layer"], case["prefix_len"], case["hidden"]
     expected = _prefix_training_reference(**case)
@@ -143,10 +164,11 @@ def check_prefix_training_parameters(answer) -> bool:
                   (expected + _base_parameters(), "the base model is frozen: count only P′ and the MLP.")])
 
 
+@right_answer(lambda: "d")
 def check_prefix_exact_start(answer) -> bool:
     """04: which change to the attention would let a trainable prefix start exactly at the base model."""
     return check_choice(
-        answer, "d", name="exact_start",
+        answer, check_prefix_exact_start.right_answer(), name="exact_start",
         wrong={"a": "a zero key still scores q · 0 = 0, weight e⁰ = 1 in the softmax: each slot takes a share of "
                     "the attention from the real tokens, and its zero value pulls the output towards zero. Step 3's "
                     "near-zero init is close to this, and it started above the base model's loss.",

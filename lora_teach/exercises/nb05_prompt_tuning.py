@@ -8,11 +8,15 @@ from .core import (
     _first_match,
     check_function,
     check_number,
+    right_answer,
 )
 
+__all__ = ["check_prepend_virtual_tokens", "check_t5_prompt_numbers", "check_prompt_activation_ratio"]
 
-def _prepend_reference(virtual, x):
-    return torch.cat([virtual.expand(x.shape[0], -1, -1), x], dim=1)  # (B, P, C) + (B, T, C) -> (B, P+T, C)
+
+def prepend(virtual, x):
+    """(P, C) and (B, T, C) -> (B, P + T, C): the soft prompt in front of every sequence of the batch."""
+    return torch.cat([virtual.expand(x.shape[0], -1, -1), x], dim=1)  # (B, P, C) + (B, T, C)
 
 
 def _prepend_mistakes(case, got):
@@ -25,6 +29,7 @@ def _prepend_mistakes(case, got):
          "the virtual tokens go in front of the sequence (positions 0..P-1), not after it.")])
 
 
+@right_answer(lambda: prepend)
 def check_prepend_virtual_tokens(fn) -> bool:
     """Prompt tuning / prefix: prepend(virtual (P, C), x (B, T, C)) -> (B, P + T, C), the same P rows for every b."""
     g = torch.Generator().manual_seed(0)
@@ -34,16 +39,17 @@ def check_prepend_virtual_tokens(fn) -> bool:
 
     cases = [(rand(3, 4), rand(2, 5, 4)), (rand(1, 8), rand(3, 2, 8))]  # (P, C), (B, T, C)
     return check_function(
-        fn, name="prepend", arg_names=["virtual", "x"], cases=cases, reference=_prepend_reference,
+        fn, name="prepend", arg_names=["virtual", "x"], cases=cases, reference=prepend,
         diagnose=_prepend_mistakes,
         hint="expand `virtual` to (B, P, C) and concatenate it in front of x along the time dimension (dim 1).",
         explanation="Every sequence in the batch gets the same P vectors in front of it, along the time axis.")
 
 
+@right_answer(lambda: 100 * 4096)  # one (n_tokens, d) tensor, nothing else
 def check_t5_prompt_numbers(answer) -> bool:
     """05: numbers one task costs with prompt tuning on T5-XXL (d = 4096) and 100 prompt tokens."""
     n_tokens, d, n_layer = 100, 4096, 24
-    expected = n_tokens * d
+    expected = check_t5_prompt_numbers.right_answer()
     return check_number(
         answer, expected, name="t5_prompt_numbers",
         hint="a soft prompt is one (n_tokens, d) tensor at the input, and nothing else trains.",
@@ -58,11 +64,12 @@ def check_t5_prompt_numbers(answer) -> bool:
                   (d * d, "the prompt's size does not depend on d², only on n_tokens × d.")])
 
 
+@right_answer(lambda: (78 + 40) / (78 + 20))  # every layer keeps activations for each position, the prompt's too
 def check_prompt_activation_ratio(answer) -> bool:
     """05: activation memory of prompt tuning with 40 virtual tokens over that with 20, on training examples of
     78 tokens (measured with `activation_memory`: 1.20)."""
     T, short, long = 78, 20, 40
-    expected = (T + long) / (T + short)
+    expected = check_prompt_activation_ratio.right_answer()
     return check_number(
         answer, expected, name="activation_ratio", rel_tol=0.03,
         hint="which positions does every frozen layer keep activations for, during the backward pass down to the "

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from .core import (
     check_number,
+    right_answer,
 )
 
+__all__ = ["check_spliced_logit_position", "check_p_tuning_kept_numbers", "check_forward_lstm_moved"]
 
+
+@right_answer(lambda: 12 + 64 - 2)  # the passage's second-to-last character sits at 12 + 62
 def check_spliced_logit_position(answer) -> bool:
     """06: with 12 virtual tokens in front of the 64-character passage and 8 before " => ", the position of the
     spliced sequence whose logits predict the passage's last character."""
     before, passage = 12, 64
-    expected = before + passage - 2  # the passage's second-to-last character sits at before + 62
+    expected = check_spliced_logit_position.right_answer()
     return check_number(
         answer, expected, name="last_char_position", rel_tol=0,
         hint="the passage's character i sits at position 12 + i of the spliced sequence, and the logits that "
@@ -31,10 +35,11 @@ def check_spliced_logit_position(answer) -> bool:
                                              "character of ` => `, not the passage's last one.")])
 
 
+@right_answer(lambda: 30 * 768)  # one vector of d numbers per virtual token
 def check_p_tuning_kept_numbers(answer) -> bool:
     """06: numbers a task keeps after drop_encoder() with 30 virtual tokens on GPT-2 small (d = 768)."""
     n_virtual, d, n_layer = 30, 768, 12
-    expected = n_virtual * d
+    expected = check_p_tuning_kept_numbers.right_answer()
     return check_number(
         answer, expected, name="kept_numbers",
         hint="after training the encoder runs once; its output, one vector of d numbers per virtual token, is all "
@@ -50,10 +55,11 @@ def check_p_tuning_kept_numbers(answer) -> bool:
                                                 "P-tuning's vectors enter at the input only.")])
 
 
+@right_answer(lambda: 20 - 7)  # outputs 7 to 19 have read input 7
 def check_forward_lstm_moved(answer) -> bool:
     """06: with a forward-only LSTM in the prompt encoder, how many of 20 virtual tokens move when input 7 moves."""
     n_virtual, nudged = 20, 7
-    expected = n_virtual - nudged
+    expected = check_forward_lstm_moved.right_answer()
     return check_number(
         answer, expected, name="moved_forward_only", rel_tol=0,
         hint="a forward LSTM's output at position j has read the inputs 0 to j and nothing after j; the MLP then "

@@ -17,13 +17,17 @@ from .core import (
     _not_written,
     _passed,
     check_number,
+    right_answer,
 )
 
+__all__ = ["check_break_even_rank", "check_low_rank_factors", "check_rank_one_error", "check_rank_8_weight_error"]
 
+
+@right_answer(lambda: (512 * 128 - 1) // (512 + 128))  # the largest r with r (m + n) < m n
 def check_break_even_rank(answer) -> bool:
     """07: the largest rank r at which B (512, r) and A (r, 128) hold fewer numbers than up_proj's 512 x 128."""
     m, n = 512, 128
-    expected = (m * n - 1) // (m + n)  # the largest r with r (m + n) < m n
+    expected = check_break_even_rank.right_answer()
     return check_number(
         answer, expected, name="break_even_rank", rel_tol=1e-9,
         hint="the factors hold r · (512 + 128) numbers and the matrix 512 · 128 = 65,536: find the largest whole r "
@@ -43,9 +47,10 @@ def check_break_even_rank(answer) -> bool:
                         "at r = 128 they hold 81,920 numbers.")])
 
 
-def _best_rank_r(M: torch.Tensor, r: int) -> torch.Tensor:
-    U, S, Vh = torch.linalg.svd(M, full_matrices=False)  # U (m, k), S (k,), Vh (k, n), k = min(m, n)
-    return U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]  # (m, r) (r, r) (r, n) -> (m, n)
+def low_rank_factors(M, r):
+    """(B (m, r), A (r, n)) with B @ A the best rank-r approximation of M (m, n)."""
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)  # U (m, k), S (k,), Vh (k, n)
+    return U[:, :r] * S[:r], Vh[:r]  # B = U_r diag(S_r) (m, r), A = V_r^T (r, n)
 
 
 def _low_rank_factor_mistakes(M: torch.Tensor, r: int, product: torch.Tensor) -> str | None:
@@ -65,6 +70,7 @@ def _low_rank_factor_mistakes(M: torch.Tensor, r: int, product: torch.Tensor) ->
     return _first_match(product, candidates)
 
 
+@right_answer(lambda: low_rank_factors)
 def check_low_rank_factors(fn) -> bool:
     """07: low_rank_factors(M, r) -> (B (m, r), A (r, n)) whose product B @ A is the best rank-r approximation of M."""
     name = "low_rank_factors"
@@ -103,7 +109,8 @@ def check_low_rank_factors(fn) -> bool:
         if B.is_complex() or A.is_complex():
             return _failed(f"{call} returned complex tensors.", hint)
         product = B.detach().to(M.dtype) @ A.detach().to(M.dtype)  # (m, r) @ (r, n) -> (m, n)
-        if not torch.allclose(product, _best_rank_r(M, r), rtol=1e-4, atol=1e-5):
+        best_B, best_A = low_rank_factors(M, r)
+        if not torch.allclose(product, best_B @ best_A, rtol=1e-4, atol=1e-5):
             return _failed(f"{call}: B @ A is not the best rank-{r} approximation of M.",
                            _low_rank_factor_mistakes(M, r, product) or hint)
         if not torch.equal(argument, M):
@@ -113,11 +120,12 @@ def check_low_rank_factors(fn) -> bool:
                    "its square root into both) does not change B A; LoRA learns such a pair directly.")
 
 
+@right_answer(lambda: 4.1996 / math.hypot(5.6478, 4.1996))  # sqrt(dropped sigma^2) / sqrt(all sigma^2)
 def check_rank_one_error(answer) -> bool:
     """07: relative Frobenius error of the best rank-1 approximation of a matrix with singular values 5.6478, 4.1996."""
     s1, s2 = 5.6478, 4.1996  # printed by notebook 07's first SVD cell (the other three are 0)
     norm = math.hypot(s1, s2)  # ||M||_F = sqrt(s1^2 + s2^2)
-    expected = s2 / norm
+    expected = check_rank_one_error.right_answer()
     return check_number(
         answer, expected, name="rank_one_error", rel_tol=0.01,
         hint="Eckart–Young: ||M - M_1||_F = sqrt(sum of the dropped sigma_i^2), and ||M||_F = sqrt(sum of all "
@@ -149,10 +157,11 @@ def _pretrained_energy(layer: str = "blocks.0.attn.q_proj.weight", r: int = 8) -
     return (s2[:r].sum() / s2.sum()).item()
 
 
+@right_answer(lambda: math.sqrt(1 - _pretrained_energy()))  # the square root of the energy dropped
 def check_rank_8_weight_error(answer) -> bool:
     """07: the relative error of a rank-8 copy of block 0's pretrained q_proj, from its energy share alone."""
     kept = _pretrained_energy()
-    expected = math.sqrt(1 - kept)
+    expected = check_rank_8_weight_error.right_answer()
     return check_number(
         answer, expected, name="weight_rank8_error", rel_tol=0.01,
         hint="by Eckart-Young, ||M - M_r||_F² is the sum of the dropped σᵢ², so the relative error is the square root "

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..lora import LoRAConfig, LoRALinear, apply_lora
 from .core import (
     _describe,
     _failed,
@@ -16,14 +17,21 @@ from .core import (
     _not_written,
     check_function,
     check_number,
+    right_answer,
 )
 
+__all__ = ["check_lora_parameter_count", "check_lora_linear_forward", "check_lora_injection", "check_lora_merge",
+           "check_alpha_for_rank_32"]
 
+
+def lora_parameters(in_features, out_features, r):
+    """Trainable numbers of A (r, in) and B (out, r)."""
+    return r * (in_features + out_features)
+
+
+@right_answer(lambda: lora_parameters)
 def check_lora_parameter_count(fn) -> bool:
     """LoRA: lora_parameters(in_features, out_features, r) = trainable numbers of A (r, in) and B (out, r)."""
-    def reference(in_features, out_features, r):
-        return r * (in_features + out_features)
-
     def mistakes(case, got):
         i, o, r = case
         return _first_match(got, [
@@ -35,7 +43,8 @@ def check_lora_parameter_count(fn) -> bool:
 
     return check_function(
         fn, name="lora_parameters", arg_names=["in_features", "out_features", "r"],
-        cases=[(128, 128, 8), (128, 512, 4), (512, 128, 1), (6, 10, 3)], reference=reference, diagnose=mistakes,
+        cases=[(128, 128, 8), (128, 512, 4), (512, 128, 1), (6, 10, 3)], reference=lora_parameters,
+        diagnose=mistakes,
         hint="A has shape (r, in_features) and B has shape (out_features, r).",
         explanation="r·(in + out): 2,048 for a 128×128 projection at r = 8, so r = 4 on q, k, v and o of our "
                     "4 blocks trains 16 · 1,024 = 16,384 numbers, and r = 4 on the 4 up_proj layers (128 → 512) "
@@ -73,8 +82,8 @@ def _built_layer(cls, case):
     with torch.no_grad():
         base.weight.copy_(torch.randn(d_out, d_in, generator=g, dtype=torch.float64))
         base.bias.copy_(torch.randn(d_out, generator=g, dtype=torch.float64))
-        layer.lora_A.copy_(torch.randn(r, d_in, generator=g, dtype=torch.float64))  # (r, in)
-        layer.lora_B.copy_(torch.randn(d_out, r, generator=g, dtype=torch.float64))  # (out, r): not zero here
+        layer.lora_A["default"].copy_(torch.randn(r, d_in, generator=g, dtype=torch.float64))  # (r, in)
+        layer.lora_B["default"].copy_(torch.randn(d_out, r, generator=g, dtype=torch.float64))  # (out, r): not zero
     layer.train(training)
     if merged:
         layer.merge()
@@ -91,47 +100,55 @@ def _run_layer(cls, *case):
 
 
 def _lora_linear_mistakes(case, got):
-    from ..lora import LoRALinear
-
     if isinstance(got, Exception):
         return ("mind the shapes: lora_A is (r, in) so x @ lora_A.T is (..., r); lora_B is (out, r) so "
                 "(x @ lora_A.T) @ lora_B.T is (..., out).") if "shape" in str(got) else None
     _x_shape, _d_in, _d_out, r, alpha, dropout, training, merged = case
     layer, x = _built_layer(LoRALinear, case)
-    base = layer.base_layer
+    base, lora_A, lora_B = layer.base_layer, layer.lora_A["default"], layer.lora_B["default"]
     if merged:
         layer.unmerge()  # W0 again, to build the wrong answers from
-        return _first_match(got, [(_lora_forward(x, base.weight, base.bias, layer.lora_A, layer.lora_B, alpha, r,
+        return _first_match(got, [(_lora_forward(x, base.weight, base.bias, lora_A, lora_B, alpha, r,
                                                  scaling=2 * alpha / r),
                                    "the layer is merged: base_layer.weight already holds W0 + (alpha / r) B A, so "
                                    "adding the branch again counts the update twice. Return the base output "
                                    "alone when self.merged is True.")])
-    args = (x, base.weight, base.bias, layer.lora_A, layer.lora_B, alpha, r)
+    args = (x, base.weight, base.bias, lora_A, lora_B, alpha, r)
     if training and dropout > 0:
         return _first_match(got, [(_lora_forward(*args), "in training mode the LoRA branch sees "
-                                                         "self.lora_dropout(x), not x: dropout acts on the input "
-                                                         "of the branch only.")])
+                                                         "self.lora_dropout['default'](x), not x: dropout acts on "
+                                                         "the input of the branch only.")])
     return _first_match(got, [
-        (x @ base.weight.T + base.bias, "the LoRA branch is missing: add self.scaling · x Aᵀ Bᵀ."),
-        (_lora_forward(*args, scaling=1.0), "the scaling is missing: multiply the branch by self.scaling."),
-        (_lora_forward(*args, scaling=alpha), "you scaled by alpha instead of alpha / r (self.scaling): the update "
+        (x @ base.weight.T + base.bias, "the LoRA branch is missing: add self.scaling['default'] · x Aᵀ Bᵀ."),
+        (_lora_forward(*args, scaling=1.0), "the scaling is missing: multiply the branch by self.scaling['default']."),
+        (_lora_forward(*args, scaling=alpha), "you scaled by alpha instead of alpha / r (self.scaling['default']): the "
+                                              "update "
                                               "comes out r times too large (a known bug in several "
                                               "reimplementations)."),
         (_lora_forward(*args, scaling=r / alpha), "the scaling is upside down: alpha / r, not r / alpha."),
         (_lora_forward(*args, scaling=alpha / math.sqrt(r)), "alpha / sqrt(r) is rsLoRA's scaling; use "
-                                                             "self.scaling, here alpha / r."),
+                                                             "self.scaling['default'], here alpha / r."),
         (_lora_forward(*args, with_bias=False), "the base layer's bias is missing: self.base_layer(x) adds it."),
     ])
 
 
+def lora_linear_forward(self, x):
+    """Output (..., out) of a LoRALinear `self` for input x (..., in)."""
+    result = self.base_layer(x)  # (..., out): W0 x + b
+    if self.merged:  # scaling * B A is already inside base_layer.weight
+        return result
+    A, B = self.lora_A["default"], self.lora_B["default"]  # (r, in), (out, r)
+    update = self.lora_dropout["default"](x) @ A.T @ B.T  # (..., in) -> (..., r) -> (..., out)
+    return result + self.scaling["default"] * update
+
+
+@right_answer(lambda: lora_linear_forward)
 def check_lora_linear_forward(forward) -> bool:
     """08: forward(self, x), the forward pass of a LoRALinear (or a LoRALinear subclass with its own forward),
     gives the package's output: checked on random layers and inputs, merged and not, with dropout in training."""
-    from ..lora import LoRALinear
-
     name = "lora_linear_forward"
-    hint = ("result = self.base_layer(x); if self.merged, return it; else add self.scaling * "
-            "(self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T).")
+    hint = ("result = self.base_layer(x); if self.merged, return it; else add self.scaling['default'] * "
+            "(self.lora_dropout['default'](x) @ self.lora_A['default'].T @ self.lora_B['default'].T).")
     if forward is None:
         return _missing(name, hint)
     if isinstance(forward, type):
@@ -179,14 +196,12 @@ def _injected(fn, n_layer, n_embd, n_head, r, alpha):
 def _probe(model, n_layer, n_embd, n_head, r, alpha):
     """(logits on random token ids with every LoRALinear's A and B set from a seeded generator, number of
     trainable numbers, number of LoRALinear layers)."""
-    from ..lora import LoRALinear
-
     g = torch.Generator().manual_seed(7 * n_layer + n_embd + r)
     layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
     with torch.no_grad():
         for layer in layers:
-            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=g, dtype=torch.float64))
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g, dtype=torch.float64))
+            for matrix in (layer.lora_A["default"], layer.lora_B["default"]):
+                matrix.copy_(torch.randn(matrix.shape, generator=g, dtype=torch.float64))
         idx = torch.randint(0, model.config.vocab_size, (2, 9), generator=g)  # (B, T) token ids
         logits = model(idx)[0]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -194,8 +209,6 @@ def _probe(model, n_layer, n_embd, n_head, r, alpha):
 
 
 def _injection_reference(*case):
-    from ..lora import LoRAConfig, apply_lora
-
     def package(model, r, alpha):
         return apply_lora(model, LoRAConfig(r=r, alpha=alpha, target_modules=INJECTION_TARGETS))
 
@@ -204,8 +217,6 @@ def _injection_reference(*case):
 
 def _injection_mistakes(model, case) -> str | None:
     """What is wrong with the structure of the student's model, if anything."""
-    from ..lora import LoRALinear
-
     r, alpha = case[3], case[4]
     wrapped = {n for n, m in model.named_modules() if isinstance(m, LoRALinear)}
     expected = {f"blocks.{i}.attn.{t}" for i in range(case[0]) for t in INJECTION_TARGETS}
@@ -217,10 +228,10 @@ def _injection_mistakes(model, case) -> str | None:
         parts = [f"not wrapped: {missing}"] * bool(missing) + [f"wrapped but not targeted: {extra}"] * bool(extra)
         return f"wrap q_proj and v_proj in every block, nothing else; {'; '.join(parts)}."
     layers = [model.get_submodule(n) for n in sorted(wrapped)]
-    if any((layer.r, layer.alpha) != (r, alpha) for layer in layers):
+    if any((layer.r["default"], layer.alpha["default"]) != (r, alpha) for layer in layers):
         return f"build each layer as LoRALinear(linear, r, alpha) with the r = {r} and alpha = {alpha} you were given."
-    lora_params = {id(p) for layer in layers for p in (layer.lora_A, layer.lora_B)}
-    if any(not layer.lora_A.requires_grad or not layer.lora_B.requires_grad for layer in layers):
+    lora_params = {id(p) for layer in layers for p in layer.adapter_parameters("default")}
+    if not all(p.requires_grad for layer in layers for p in layer.adapter_parameters("default")):
         return ("A and B are frozen: freeze the model first (model.requires_grad_(False)), then wrap; "
                 "LoRALinear creates A and B trainable.")
     still = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in lora_params]
@@ -230,6 +241,17 @@ def _injection_mistakes(model, case) -> str | None:
     return None
 
 
+def add_lora_to_q_and_v(model, r, alpha):
+    """Wrap every q_proj and v_proj nn.Linear of `model` in LoRALinear(linear, r, alpha), freeze the rest."""
+    model.requires_grad_(False)  # every pretrained weight; LoRALinear creates A and B trainable
+    for name, module in list(model.named_modules()):  # a list: the loop replaces modules as it goes
+        parent, _, child = name.rpartition(".")
+        if child in ("q_proj", "v_proj") and isinstance(module, nn.Linear):
+            setattr(model.get_submodule(parent), child, LoRALinear(module, r, alpha))
+    return model
+
+
+@right_answer(lambda: add_lora_to_q_and_v)
 def check_lora_injection(fn) -> bool:
     """08: fn(model, r, alpha) wraps every q_proj and v_proj in LoRALinear and freezes the rest, like apply_lora."""
     name = "add_lora_to_q_and_v"
@@ -289,27 +311,30 @@ def _lora_merge_mistakes(case, got):
            if isinstance(got, torch.Tensor) and got.shape != weight.shape else None)
 
 
+def lora_merge(weight, lora_A, lora_B, alpha, r):
+    """W0 + (alpha / r) B A, shape (out, in)."""
+    return weight + (alpha / r) * (lora_B @ lora_A)
+
+
+@right_answer(lambda: lora_merge)
 def check_lora_merge(fn) -> bool:
     """LoRA: lora_merge(weight, lora_A, lora_B, alpha, r) -> a new tensor W + (alpha / r) B A, shape (out, in)."""
-    def reference(weight, lora_A, lora_B, alpha, r):
-        return weight + (alpha / r) * (lora_B @ lora_A)  # (out, r) @ (r, in) -> (out, in)
-
     cases = []
     for d_in, d_out, r, alpha, seed in [(6, 4, 2, 4.0, 3), (5, 5, 1, 2.0, 4), (3, 7, 2, 1.0, 5)]:
         _x, weight, _bias, lora_A, lora_B, alpha, r = _lora_case((1,), d_in, d_out, r, alpha, seed)
         cases.append((weight, lora_A, lora_B, alpha, r))
     return check_function(
         fn, name="lora_merge", arg_names=["weight", "lora_A", "lora_B", "alpha", "r"], cases=cases,
-        reference=reference, diagnose=_lora_merge_mistakes,
+        reference=lora_merge, diagnose=_lora_merge_mistakes,
         hint="the merged weight is weight + (alpha / r) * (lora_B @ lora_A): (out, r) @ (r, in) = (out, in).",
         explanation="W + (alpha / r)·B A: one matrix again, so the merged layer costs no extra time at inference.")
 
 
+@right_answer(lambda: 8 * math.sqrt(32 / 8))  # keep alpha / sqrt(r) fixed: the unscaled update grew like sqrt(r)
 def check_alpha_for_rank_32(answer) -> bool:
     """08: the alpha that gives r = 32 the first update r = 8 had at alpha = 8, read from the measured table."""
-    expected = 8 * math.sqrt(32 / 8)  # the unscaled update grew about like sqrt(r): keep alpha / sqrt(r) fixed
     return check_number(
-        answer, expected, name="alpha_at_32", rel_tol=0.1,
+        answer, check_alpha_for_rank_32.right_answer(), name="alpha_at_32", rel_tol=0.1,
         hint="the update at r = 32 is (alpha / 32) times the unscaled one (the table's column with alpha = r); "
              "set it equal to the update at r = 8 with alpha = 8 and solve for alpha.",
         explanation="about 15 to 16: the unscaled update about doubles from r = 8 to r = 32 (like sqrt(r) in this "

@@ -8,13 +8,17 @@ from .core import (
     _first_match,
     check_function,
     check_number,
+    right_answer,
 )
 
+__all__ = ["check_rslora_scaling", "check_adapter_file_bytes", "check_separated_pairs"]
 
+
+@right_answer(lambda: 8 / math.sqrt(32))  # alpha / sqrt(r)
 def check_rslora_scaling(answer) -> bool:
     """09: rsLoRA's scaling alpha / sqrt(r) at r = 32 with alpha = 8 (the sweep printed alpha / r = 0.25 there)."""
     alpha, r = 8, 32
-    expected = alpha / math.sqrt(r)
+    expected = check_rslora_scaling.right_answer()
     return check_number(
         answer, expected, name="rslora_scaling", rel_tol=0.01,
         hint="rsLoRA keeps alpha and divides by the square root of the rank: alpha / sqrt(r).",
@@ -31,8 +35,10 @@ def check_rslora_scaling(answer) -> bool:
                   (alpha / r**2, "rsLoRA divides by the square root of r, not by its square.")])
 
 
-def _adapter_bytes_reference(shapes, r, n_layer, bytes_per_number):
-    return n_layer * sum(r * (i + o) for i, o in shapes) * bytes_per_number  # A (r, in) and B (out, r) per layer
+def adapter_bytes(shapes, r, n_layer, bytes_per_number):
+    """Bytes of LoRA's A (r, in) and B (out, r) for every targeted layer of every block."""
+    per_block = sum(r * (in_features + out_features) for in_features, out_features in shapes)  # A and B
+    return n_layer * per_block * bytes_per_number
 
 
 def _adapter_bytes_mistakes(case, got):
@@ -55,6 +61,7 @@ def _adapter_bytes_mistakes(case, got):
     ])
 
 
+@right_answer(lambda: adapter_bytes)
 def check_adapter_file_bytes(fn) -> bool:
     """09: adapter_bytes(shapes, r, n_layer, bytes_per_number) = bytes of A and B in an adapter file."""
     cases = [([(6, 10)], 2, 3, 2),  # small and non-square: every common mistake gives a different number
@@ -63,7 +70,7 @@ def check_adapter_file_bytes(fn) -> bool:
              ([(12288, 12288), (12288, 12288)], 4, 96, 2)]  # GPT-3 175B, r = 4 on q and v, fp16
     return check_function(
         fn, name="adapter_bytes", arg_names=["shapes", "r", "n_layer", "bytes_per_number"], cases=cases,
-        reference=_adapter_bytes_reference, diagnose=_adapter_bytes_mistakes,
+        reference=adapter_bytes, diagnose=_adapter_bytes_mistakes,
         hint="for each targeted layer, A is (r, in_features) and B is (out_features, r); every block has them, "
              "and each number takes bytes_per_number bytes.",
         explanation="n_layer · Σ r·(in + out) · bytes. For our r = 8 adapter on q and v that is 16,384 numbers × 4 "
@@ -72,7 +79,7 @@ def check_adapter_file_bytes(fn) -> bool:
                     "the calculator's 37.7 MB. Nothing of the base model is in the file.")
 
 
-def _budget_runs() -> dict[str, list[float]]:
+def budget_runs() -> dict[str, list[float]]:
     """The fixed-budget sweep (20,480 trainable numbers): target set -> accuracy per seed (mean of val and test)."""
     import csv
 
@@ -87,17 +94,18 @@ def _budget_runs() -> dict[str, list[float]]:
     return runs
 
 
-def _separated(runs: dict[str, list[float]]) -> list[tuple[str, str]]:
+def separated(runs: dict[str, list[float]]) -> list[tuple[str, str]]:
     """The pairs of target sets whose runs do not overlap: every run of one above every run of the other."""
     names = list(runs)
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
             if min(runs[a]) > max(runs[b]) or min(runs[b]) > max(runs[a])]
 
 
+@right_answer(lambda: len(separated(budget_runs())))
 def check_separated_pairs(answer) -> bool:
     """09: how many of the 10 pairs of target sets the strict test (no overlap of the seeds) tells apart."""
-    runs = _budget_runs()
-    pairs = _separated(runs)
+    runs = budget_runs()
+    pairs = separated(runs)
     n_pairs = len(runs) * (len(runs) - 1) // 2
 
     def short(targets):

@@ -5,7 +5,10 @@ from __future__ import annotations
 from .core import (
     check_choice,
     check_number,
+    right_answer,
 )
+
+__all__ = ["check_lora_memory_fraction", "check_method_for_serving", "check_small_data_reading"]
 
 # the measured table of notebook 10 (first seed, 16 x 96 Shakespeare characters): state and activations in MiB
 FULL_STATE_MIB, FULL_ACT_MIB = 12.73, 50.3
@@ -14,10 +17,11 @@ FULL_STATE_MIB, FULL_ACT_MIB = 12.73, 50.3
 LORA_STATE_MIB, LORA_ACT_MIB = 3.43, 34.1
 
 
+@right_answer(lambda: (LORA_STATE_MIB + LORA_ACT_MIB) / (FULL_STATE_MIB + FULL_ACT_MIB))
 def check_lora_memory_fraction(answer) -> bool:
     """10: LoRA's training memory (state + activations) as a fraction of full fine-tuning's, from the table."""
     full, lora = FULL_STATE_MIB + FULL_ACT_MIB, LORA_STATE_MIB + LORA_ACT_MIB
-    expected = lora / full
+    expected = check_lora_memory_fraction.right_answer()
     return check_number(
         answer, expected, name="lora_memory_fraction", rel_tol=0.02,
         hint="add the state and act columns of each row, then divide LoRA's total by full fine-tuning's.",
@@ -39,11 +43,12 @@ def check_lora_memory_fraction(answer) -> bool:
 
 def _measured() -> dict[tuple[str, str], dict]:
     """The shipped comparison summary (test split, chosen rates), keyed by (method, task)."""
-    from ..compare import RESULTS, read_csv
+    from ..results import read_csv
 
-    return {(r["method"], r["task"]): r for r in read_csv(RESULTS / "comparison_summary.csv")}
+    return {(r["method"], r["task"]): r for r in read_csv("comparison_summary.csv")}
 
 
+@right_answer(lambda: "d")
 def check_method_for_serving(answer) -> bool:
     """10: one task per server, base-model latency, small files, accuracy above chance: which method?"""
     m = _measured()
@@ -55,7 +60,7 @@ def check_method_for_serving(answer) -> bool:
         return float(m[(method, "author")]["checkpoint_bytes"]) / 1000
 
     return check_choice(
-        answer, "d", name="serving_choice",
+        answer, check_method_for_serving.right_answer(), name="serving_choice",
         wrong={"a": f"each task would store a whole model: {kb('full'):.1f} kB here, and 13.5 GB in fp16 for a 7 B "
                     "model (the calculator). The files are not small.",
                "b": f"their accuracy ({acc('adapters'):.3f}) and files ({kb('adapters'):.1f} kB) would do, but "
@@ -69,10 +74,11 @@ def check_method_for_serving(answer) -> bool:
                     "instead if one server must switch between tasks.")
 
 
+@right_answer(lambda: "b")
 def check_small_data_reading(answer) -> bool:
     """10: what the small-data runs (24 passages) of full fine-tuning and LoRA support."""
     return check_choice(
-        answer, "b", name="small_data_reading",
+        answer, check_small_data_reading.right_answer(), name="small_data_reading",
         wrong={"a": "LoRA memorised the 24 passages too (final training loss 0.003), and its validation loss also "
                     "climbed above its best (+0.118).",
                "c": "its lower validation loss came with a lower accuracy (0.414 against 0.517): fewer confident "

@@ -6,7 +6,9 @@ import warnings
 
 import torch
 
-from .core import _describe, _failed, _missing, _passed, check_number
+from .core import _describe, _failed, _missing, _passed, check_number, right_answer
+
+__all__ = ["check_llama_all_linear", "check_opt_attention_config", "check_fused_qkv_params"]
 
 LLAMA_HINT = ("list every nn.Linear of a Llama block by its last name: four in attention, three in the gated "
               "MLP. \"all-linear\" leaves out only the output head.")
@@ -28,6 +30,7 @@ def _llama_all_linear_names() -> list[str]:
                    if isinstance(m, peft.tuners.lora.LoraLayer)})
 
 
+@right_answer(_llama_all_linear_names)
 def check_llama_all_linear(answer) -> bool:
     """11: the module names target_modules="all-linear" adapts in a Llama-style model."""
     name = "llama_all_linear"
@@ -81,6 +84,16 @@ def _small_opt():
     return to_transformers(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16)), "opt")
 
 
+OPT_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]  # the four attention projections of an OPT block
+
+
+def _opt_attention_config():
+    import peft
+
+    return peft.LoraConfig(r=8, lora_alpha=16, target_modules=OPT_ATTENTION)
+
+
+@right_answer(_opt_attention_config)
 def check_opt_attention_config(config) -> bool:
     """11: a LoraConfig that puts LoRA on all four attention projections of every OPT block, and nowhere else."""
     name = "opt_attention_config"
@@ -103,7 +116,7 @@ def check_opt_attention_config(config) -> bool:
             return _failed(f"PEFT refused the config: {type(err).__name__}: {str(err)[:200]}", OPT_HINT)
     wrapped = [n for n, m in model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
     names = {n.rsplit(".", 1)[-1] for n in wrapped}
-    expected = {"q_proj", "k_proj", "v_proj", "out_proj"}
+    expected = set(OPT_ATTENTION)
     if names == expected and len(wrapped) == 4 * 2:
         return _passed("LoRA is on q_proj, k_proj, v_proj and out_proj in every block. With \"o_proj\" PEFT "
                        "matched three of the four names and skipped the fourth without a word: after "
@@ -120,11 +133,12 @@ def check_opt_attention_config(config) -> bool:
                    "and the output projection in each of the 2 blocks.", OPT_HINT)
 
 
+@right_answer(lambda: 24 * (768 + 3 * 768))  # rank 3 x 8: A (24, 768) and B (2304, 24)
 def check_fused_qkv_params(answer) -> bool:
     """11: trainable numbers per block of the smallest LoRA on GPT-2 small's c_attn that holds three independent
     rank-8 updates of q, k and v."""
     d, r = 768, 8
-    expected = 3 * r * (d + 3 * d)  # rank 3r: A (3r, d) and B (3d, 3r)
+    expected = check_fused_qkv_params.right_answer()
     return check_number(
         answer, expected, name="fused_params", rel_tol=1e-9,
         hint="stacked, three independent rank-8 updates have rank 24 (the notebook printed 24 for our size), so the "

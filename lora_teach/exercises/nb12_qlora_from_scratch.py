@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from ..quantize import NF4_CODEBOOK
 from .core import (
     _first_match,
     check_choice,
     check_function,
     check_number,
+    right_answer,
 )
+
+__all__ = ["check_nf4_70b_gb", "check_dequantize_block", "check_zero_level"]
 
 
 def _nf4_70b_gb() -> tuple[int, float]:
@@ -20,6 +24,7 @@ def _nf4_70b_gb() -> tuple[int, float]:
     return n, n * bits_per_weight() / 8 / 1e9
 
 
+@right_answer(lambda: _nf4_70b_gb()[1])
 def check_nf4_70b_gb(answer) -> bool:
     """12: GB (1e9 bytes) of LLaMA-2 70B's weights in NF4 with double quantisation (about 4.127 bits each)."""
     n, expected = _nf4_70b_gb()
@@ -38,16 +43,13 @@ def check_nf4_70b_gb(answer) -> bool:
                   (n * 32 / 8 / 1e9, "that is the fp32 model.")])
 
 
-def _dequantize_block_reference(packed: torch.Tensor, absmax: float) -> torch.Tensor:
-    from ..quantize import NF4_CODEBOOK
-
+def dequantize_block(packed, absmax):
+    """The 2 * len(packed) weights of one NF4 block."""
     codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1).long()  # high half first
     return NF4_CODEBOOK[codes] * absmax
 
 
 def _dequantize_block_mistakes(case, got):
-    from ..quantize import NF4_CODEBOOK
-
     packed, absmax = case
     low_first = torch.stack([packed & 0xF, packed >> 4], dim=1).reshape(-1).long()
     high_first = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1).long()
@@ -64,11 +66,12 @@ DEQUANTIZE_CASES = [(torch.tensor([0x7F, 0x80, 0x0F, 0xF0, 0x12, 0xED], dtype=to
                     (torch.arange(0, 256, 8, dtype=torch.uint8), 0.0371)]
 
 
+@right_answer(lambda: dequantize_block)
 def check_dequantize_block(fn) -> bool:
     """12: dequantize_block(packed, absmax) = the 2 * len(packed) weights of one block, back from its bytes."""
     return check_function(
         fn, name="dequantize_block", arg_names=["packed", "absmax"], cases=DEQUANTIZE_CASES,
-        reference=_dequantize_block_reference, diagnose=_dequantize_block_mistakes, atol=1e-7,
+        reference=dequantize_block, diagnose=_dequantize_block_mistakes, atol=1e-7,
         hint="each byte holds two codes: byte >> 4 (first) and byte & 0xF (second); each code indexes "
              "NF4_CODEBOOK, and the level times absmax is the weight.",
         explanation="unpack (high half first), look up, scale: exactly what nf4_dequantize does for every block, "
@@ -76,10 +79,11 @@ def check_dequantize_block(fn) -> bool:
                     "15: the levels 0.0 and 1.0, so the weights 0 and absmax.")
 
 
+@right_answer(lambda: "b")
 def check_zero_level(answer) -> bool:
     """12: why NF4 keeps an exact zero level."""
     return check_choice(
-        answer, "b", name="zero_level",
+        answer, check_zero_level.right_answer(), name="zero_level",
         wrong={"a": "a level at zero does not make 4 bits hold more: there are still 16 levels, and giving one "
                     "to zero costs the symmetry (7 negative levels against 8 positive).",
                "c": "the absmax scaling already maps every block into [-1, 1]; a zero level has nothing to do "

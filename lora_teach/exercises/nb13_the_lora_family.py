@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from .core import _first_match, check_choice, check_function
+from .core import _first_match, check_choice, check_function, right_answer
+
+__all__ = ["check_dora_trainable", "check_optimizer_only_variant", "check_mixed_from_single"]
 
 
-def _dora_trainable_reference(in_features, out_features, r):
-    return r * (in_features + out_features) + out_features  # A (r, in), B (out, r), one magnitude per output row
+def dora_trainable(in_features, out_features, r):
+    """Trainable numbers of DoRA on one (out_features, in_features) linear layer."""
+    return r * (in_features + out_features) + out_features  # A, B and one magnitude per output feature
 
 
 def _dora_trainable_mistakes(case, got):
@@ -25,6 +28,7 @@ def _dora_trainable_mistakes(case, got):
     ])
 
 
+@right_answer(lambda: dora_trainable)
 def check_dora_trainable(fn) -> bool:
     """13: dora_trainable(in_features, out_features, r) = trainable numbers DoRA adds to one linear layer."""
     cases = [(6, 10, 2),  # small and non-square: each common mistake gives a different number
@@ -33,7 +37,7 @@ def check_dora_trainable(fn) -> bool:
              (4096, 4096, 16)]  # a 7B model's attention projection
     return check_function(
         fn, name="dora_trainable", arg_names=["in_features", "out_features", "r"], cases=cases,
-        reference=_dora_trainable_reference, diagnose=_dora_trainable_mistakes,
+        reference=dora_trainable, diagnose=_dora_trainable_mistakes,
         hint="LoRA's A is (r, in_features) and B is (out_features, r); DoRA adds the magnitude vector m, one number "
              "per output feature.",
         explanation="r·(in + out) + out. For our q_proj at r = 8 that is 2,048 + 128 = 2,176: the magnitude adds "
@@ -41,10 +45,11 @@ def check_dora_trainable(fn) -> bool:
                     "4,096 to 131,072, about 3 %: DoRA's cost is not in parameters but in the per-step norm.")
 
 
+@right_answer(lambda: "d")
 def check_optimizer_only_variant(answer) -> bool:
     """13: which variant leaves the model (forward, parameters, initialisation) exactly as LoRA's."""
     return check_choice(
-        answer, "d", name="optimizer_only_variant",
+        answer, check_optimizer_only_variant.right_answer(), name="optimizer_only_variant",
         wrong={"a": "rsLoRA changes the forward pass: the constant in front of B A is α / √r instead of α / r.",
                "b": "DoRA changes the forward pass and adds a trainable magnitude vector per layer.",
                "c": "PiSSA changes the initialisation: A and B start from the top singular vectors and the base "
@@ -54,8 +59,9 @@ def check_optimizer_only_variant(answer) -> bool:
                     "LoRA's step: the arithmetic per step is the same.")
 
 
-def _mixed_reference(outputs, names):
-    return torch.stack([outputs[name][i] for i, name in enumerate(names)])  # row i from its own adapter's run
+def mixed_from_single(outputs, names):
+    """The mixed batch's logits (B, T, V) from whole-batch single-adapter runs."""
+    return torch.stack([outputs[name][i] for i, name in enumerate(names)])
 
 
 def _mixed_mistakes(case, got):
@@ -80,11 +86,12 @@ def _mixed_cases():
     return cases
 
 
+@right_answer(lambda: mixed_from_single)
 def check_mixed_from_single(fn) -> bool:
     """13: mixed_from_single(outputs, names) -> the mixed batch's logits from whole-batch single-adapter runs."""
     return check_function(
         fn, name="mixed_from_single", arg_names=["outputs", "names"], cases=_mixed_cases(),
-        reference=_mixed_reference, diagnose=_mixed_mistakes,
+        reference=mixed_from_single, diagnose=_mixed_mistakes,
         hint="row i of the mixed batch is row i of the run with adapter names[i]: torch.stack of outputs[name][i].",
         explanation="Each layer adds to row i only the update of adapter names[i], and rows never interact in a "
                     "linear layer, so the mixed batch is the single-adapter runs, row by row. That is what the "

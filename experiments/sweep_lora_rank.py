@@ -1,6 +1,7 @@
 """Run the LoRA sweep behind notebook 09 and write lora_teach/results/lora_rank_sweep.csv.
 
-The CSV is package data, so Colab has it too.
+The CSV is package data, so Colab has it too: one row per run (the columns of `COLUMNS`: the configuration,
+trainable parameters, validation and test accuracy, validation label loss, final training loss, seconds).
 
 Each configuration is one papermill execution of notebooks/sweeps/lora_rank.ipynb (a notebook with a cell
 tagged `parameters`); the executed copies go to a temporary directory and only their `RESULT` lines are kept.
@@ -13,14 +14,14 @@ Two experiments, both on the author task:
 Every run is independent: `--append` keeps the rows already in the CSV and runs only the missing ones
 (to resume an interrupted sweep, or to add an experiment).
 
-Usage: python scripts/sweep_lora_rank.py [--steps 200] [--batch-size 16] [--only rank|targets|seeds] [--append]
-Each run starts its own kernel and trains for 200 steps: about 20 s a run on two quiet CPU cores, 30 runs.
+Usage: python experiments/sweep_lora_rank.py [--steps 200] [--batch-size 16] [--only rank|targets|seeds] [--append]
+Each run starts its own kernel and trains for 200 steps: about 20 s a run on two quiet CPU cores, so the 30 runs
+take about 10 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
@@ -29,9 +30,11 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
+from lora_teach.results import RESULTS, append_row, read_csv, write_csv
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sweeps" / "lora_rank.ipynb"
-OUT = ROOT / "lora_teach" / "results" / "lora_rank_sweep.csv"
+OUT = RESULTS / "lora_rank_sweep.csv"
 RANKS = [1, 2, 4, 8, 16, 32]
 SEEDS = [1, 2, 3]  # the other runs use the course seed, 1337
 # (targets, r) pairs with the same trainable count: r * (in + out) summed = 40 * 128 per layer
@@ -86,10 +89,10 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="add the rows to an existing CSV")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    out = args.out.resolve()
     runs = configurations(args.only)
-    if args.append and args.out.exists():
-        with open(args.out, newline="") as f:
-            done = {run_key(row) for row in csv.DictReader(f)}
+    if args.append:
+        done = {run_key(row) for row in read_csv(out, missing_ok=True)}
         runs = [run for run in runs if run_key(run) not in done]
     rows = []
     start = time.perf_counter()
@@ -98,18 +101,18 @@ def main() -> None:
             params = {k: v for k, v in run.items() if k != "experiment"}
             params.update(steps=args.steps, batch_size=args.batch_size, lr=args.lr, task_name="author")
             result = run_one(params, Path(tmp), i)
-            rows.append({"experiment": run["experiment"], **result})
+            record = {"experiment": run["experiment"], **result}
+            rows.append({column: record[column] for column in COLUMNS})
             print(f"[{i + 1}/{len(runs)}] {run['experiment']:15s} targets={result['targets']:28s} r={result['r']:2d}"
                   f" val acc {result['val_accuracy']:.3f} test acc {result['test_accuracy']:.3f}"
                   f" ({time.perf_counter() - start:.0f} s)", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    append = args.append and args.out.exists()
-    with open(args.out, "a" if append else "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if not append:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {len(rows)} rows to {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append:
+        for row in rows:
+            append_row(out, row, COLUMNS)
+    else:
+        write_csv(out, rows)
+    print(f"wrote {len(rows)} rows to {out}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Execute every course notebook from a clean kernel and report its wall time and the kernel's peak RSS.
 
-    python scripts/notebook_budget.py                 # print the table
-    python scripts/notebook_budget.py --update-docs   # also write the times into the README's course map,
-                                                      # docs/WORKSHOP.md and each notebook's "Run time" line
+    python tools/notebook_budget.py                 # print the table
+    python tools/notebook_budget.py --update-docs   # also write the times into the README's course map,
+                                                    # docs/WORKSHOP.md and each notebook's "Run time" line
 
 Notebooks run on copies in a temporary directory, so the committed ones are not touched. Targets on two CPU
 cores: each notebook 45 s or less, the whole course 6 min or less, peak RSS 1.5 GB or less per kernel.
@@ -15,27 +15,18 @@ import json
 import math
 import re
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-
-ROOT = Path(__file__).resolve().parents[1]
-RSS_PROBE = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"  # KiB on Linux
+from notebook_runner import ROOT, add_memory_probe, course_notebooks, execute, peak_rss_mb, probed_memory
 
 
 def run(path: Path) -> dict:
+    """Execute the notebook from a clean kernel in an empty temporary directory: its wall time and peak RSS."""
     nb = nbformat.read(path, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(RSS_PROBE))
-    with tempfile.TemporaryDirectory() as tmp:
-        client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp}})
-        t0 = time.perf_counter()
-        client.execute()
-        seconds = time.perf_counter() - t0
-    rss_kib = int(nb.cells[-1].outputs[0]["text"].strip())
-    return {"notebook": path.name, "seconds": round(seconds, 1), "peak_rss_mb": round(rss_kib / 1024)}
+    add_memory_probe(nb)
+    seconds = execute(nb)
+    return {"notebook": path.name, "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb(probed_memory(nb))}
 
 
 def table(rows: list[dict]) -> str:
@@ -115,7 +106,7 @@ def main(argv=None) -> list[dict]:
                     help="run each notebook this many times and report the median time (a shared machine's noise "
                          "can add 10-30%% to a single run)")
     args = ap.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or course_notebooks()
     rows = []
     for p in paths:
         runs = [run(p) for _ in range(args.runs)]

@@ -1,8 +1,8 @@
 """Pretrain the course's base model on Jane Austen's novels and write it to lora_teach/weights/.
 
 Seeded and deterministic on a given machine. The shipped weights came from the defaults:
-    python scripts/pretrain_base.py
-A quick check (used by the tests): python scripts/pretrain_base.py --steps 20 --out /tmp/base --n-layer 1
+    python experiments/pretrain_base.py
+A quick check (used by the tests): python experiments/pretrain_base.py --steps 20 --out /tmp/base --n-layer 1
 """
 
 from __future__ import annotations

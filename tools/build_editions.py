@@ -1,9 +1,9 @@
 """Build the teacher and student editions of the course from its one source, the learner's edition.
 
-    python scripts/build_editions.py teacher                  # every notebooks/NN_*.ipynb -> build/teacher/
-    python scripts/build_editions.py student                  # -> build/student/
-    python scripts/build_editions.py student notebooks/01_meet_the_base_model.ipynb --out /tmp/student
-    python scripts/build_editions.py student --colab-ref student   # badges open the notebooks of branch `student`
+    python tools/build_editions.py teacher                      # every notebooks/NN_*.ipynb -> build/teacher/
+    python tools/build_editions.py student                      # -> build/student/
+    python tools/build_editions.py student notebooks/01_meet_the_base_model.ipynb --out /tmp/student
+    python tools/build_editions.py student --colab-ref student  # badges open the notebooks of branch `student`
 
 The notebooks in `notebooks/` are the learner's edition, the one the README, Binder and Colab open. Each graded
 exercise is a code cell whose answer is a stub: a `# YOUR CODE HERE` line followed by `name = None` (or, in a
@@ -38,10 +38,10 @@ import textwrap
 from pathlib import Path
 
 import nbformat
+from notebook_runner import ROOT, course_notebooks
 
 from lora_teach.colab import badges, project_metadata, with_badges
 
-ROOT = Path(__file__).resolve().parents[1]
 STUB = "# YOUR CODE HERE"
 STUB_LINE = re.compile(r"^(?P<indent>[ \t]*)# YOUR CODE HERE[ \t]*$")
 STUB_BODY = re.compile(r"^[ \t]*(?:return None|[A-Za-z_]\w* = None|pass)[ \t]*$")
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="default: build/<edition>/")
     ap.add_argument("--colab-ref", help="branch or tag where this edition is published, for its badges")
     args = ap.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or course_notebooks()
     out = args.out or ROOT / "build" / args.edition
     name, url = project_metadata(ROOT / "pyproject.toml")
     out.mkdir(parents=True, exist_ok=True)

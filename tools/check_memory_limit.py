@@ -1,28 +1,16 @@
 """Run every course notebook the way Binder would, only stricter: each from a clean kernel in an empty temporary
 directory, in reverse course order, with every code cell run twice, and check its peak memory against Binder's
-2 GB.
+2 GB. This is `make check-rerun`, outside CI: `make test` already runs each notebook once under nbval with the
+same memory check (conftest.py), and running every cell twice would double CI's time.
 
-    python scripts/check_memory_limit.py                      # every notebooks/NN_*.ipynb (the CI step)
-    python scripts/check_memory_limit.py notebooks/08_*.ipynb --once --json peaks.json
+    python tools/check_memory_limit.py                      # every notebooks/NN_*.ipynb
+    python tools/check_memory_limit.py notebooks/08_*.ipynb --once --json peaks.json
 
 A notebook fails when it raises (a second run of a cell may only be refused with a ValueError or TypeError, the
 package's clear refusals), when its kernel dies, when it leaves a file in its working directory (or changes
 `git status` of the repository), or when the kernel's peak resident memory exceeds the budget: Binder's 2048 MiB
 less 256 MiB for the Jupyter server that shares the container with the kernel (--limit-mb, --server-mb).
-
-Why peak RSS, and not an enforced limit. Binder puts each user in a container with a 2 GB memory cgroup, which
-counts memory actually resident. We cannot rely on creating a cgroup here or in CI (it needs root and a writable
-cgroup tree; this machine's tree belongs to the sandbox that runs it). An address-space limit (RLIMIT_AS,
-`ulimit -v`, `prlimit --as`) is easy to set but measures something else: address space reserved, including
-shared libraries mapped but never read and glibc's 64 MB per-thread malloc arenas. Measured on 2026-11-27 with
-one thread, each cell twice: notebook 02 peaked at 929 MB resident but 2047 MiB of address space (it grazed a
-2 GiB RLIMIT_AS), notebook 08 at 766 MB resident, 1882 MiB of address space. A 2 GiB address-space limit sits
-at the edge of failing notebooks that use less than half of Binder's memory: not an honest check, and one more
-thread could tip it. The kernel's peak RSS is honest: VmHWM is
-the high-water mark the Linux kernel itself keeps for the process's memory (no sampling gap), read in the
-notebook's kernel at the end (RUSAGE_CHILDREN covers any child processes). Not the kernel's own ru_maxrss:
-Linux carries that across exec from the process that forked the kernel, so a kernel started from a large
-process (pytest after many tests) would report the parent's size.
+tools/notebook_runner.py says why the check reads peak RSS (VmHWM) rather than enforcing a limit.
 --address-space-mb still sets an RLIMIT_AS, for experiments. CUDA is hidden from the kernel
 (CUDA_VISIBLE_DEVICES=""): Binder has no GPU.
 """
@@ -39,10 +27,18 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from notebook_budget import ROOT, RSS_PROBE  # noqa: E402  (the kernel's peak RSS, measured one way everywhere)
+from notebook_runner import (
+    BINDER_MB,
+    ROOT,
+    SERVER_MB,
+    TIMEOUT,
+    add_memory_probe,
+    course_notebooks,
+    execute,
+    files_in,
+    peak_rss_mb,
+    probed_memory,
+)
 
 REFUSALS = ("ValueError", "TypeError")  # what a second run of a cell may raise: a clear refusal
 LIMIT_CELL = """import resource
@@ -50,10 +46,6 @@ _limit = {limit}
 resource.setrlimit(resource.RLIMIT_AS, (_limit, _limit))
 assert resource.getrlimit(resource.RLIMIT_AS) == (_limit, _limit)
 print("address-space limit", _limit // 2**20, "MiB")"""
-MEMORY_PROBE = """import json, resource
-status = {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in open("/proc/self/status"))
-          if k in ("VmPeak", "VmHWM")}
-print(json.dumps({**status, "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"""
 
 
 def git_status() -> str | None:
@@ -72,8 +64,8 @@ def describe(number: int, source: str) -> str:
 
 
 def prepare(path: Path, twice: bool, address_space_mb: int | None = None) -> tuple[nbformat.NotebookNode, dict]:
-    """The notebook to execute: every code cell twice (the second copy may be refused), then the probes; first
-    an RLIMIT_AS cell when `address_space_mb` is given. Returns it with {index of a second copy: its cell}."""
+    """The notebook to execute: every code cell twice (the second copy may be refused), then the memory probe;
+    first an RLIMIT_AS cell when `address_space_mb` is given. Returns it with {index of a second copy: its cell}."""
     nb = nbformat.read(path, as_version=4)
     cells, seconds = [], {}
     if address_space_mb:
@@ -86,8 +78,8 @@ def prepare(path: Path, twice: bool, address_space_mb: int | None = None) -> tup
             tags = list(cell.metadata.get("tags", [])) + ["raises-exception"]  # let nbclient carry on
             seconds[len(cells)] = describe(code_number, cell.source)
             cells.append(nbformat.v4.new_code_cell(cell.source, metadata={"tags": tags}))
-    cells += [nbformat.v4.new_code_cell(RSS_PROBE), nbformat.v4.new_code_cell(MEMORY_PROBE)]
     nb.cells = cells
+    add_memory_probe(nb)
     return nb, seconds
 
 
@@ -95,21 +87,20 @@ def errors_in(cell) -> list[tuple[str, str]]:
     return [(o.ename, o.evalue) for o in cell.get("outputs", []) if o.output_type == "error"]
 
 
-def run(path: Path, budget_mb: int, twice: bool = True, timeout: int = 900, git_check: bool = True,
+def run(path: Path, budget_mb: int, twice: bool = True, timeout: int = TIMEOUT, git_check: bool = True,
         address_space_mb: int | None = None) -> dict:
     """Execute one notebook as described above; a row with its figures and its problems."""
     nb, seconds = prepare(path, twice, address_space_mb)
     row = {"notebook": path.name, "budget_mb": budget_mb, "cells_twice": twice, "problems": [], "refused": []}
     before = git_status() if git_check else None
     with tempfile.TemporaryDirectory() as tmp:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": tmp}})
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         try:
-            client.execute()
+            execute(nb, Path(tmp), timeout)
         except Exception as err:  # an unexpected error, the memory limit, or a dead kernel
             row["problems"].append(f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}")
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        left = sorted(str(p.relative_to(tmp)) for p in Path(tmp).rglob("*"))
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        left = sorted(files_in(Path(tmp)))
     if left:
         row["problems"].append(f"left files in its working directory: {left}")
     if before is not None and (after := git_status()) != before:
@@ -120,37 +111,34 @@ def run(path: Path, budget_mb: int, twice: bool = True, timeout: int = 900, git_
                 row["refused"].append(f"{cell}: {ename}: {evalue[:120]}")
             else:
                 row["problems"].append(f"second run of {cell} broke: {ename}: {evalue[:200]}")
-    probes = [c for c in nb.cells[-2:] if c.get("outputs")]
-    if len(probes) == 2:
-        memory = json.loads(probes[1].outputs[0]["text"])  # {"VmPeak", "VmHWM", "children"}, KiB
-        row["peak_rss_mb"] = round(memory["VmHWM"] / 1024)  # this process's own high-water mark (see above)
-        row["children_peak_rss_mb"] = round(memory["children"] / 1024)
-        row["peak_address_space_mb"] = round(memory["VmPeak"] / 1024)
-        peak = max(row["peak_rss_mb"], row["children_peak_rss_mb"])
-        if peak > budget_mb:
-            row["problems"].append(f"peak RSS {peak} MB exceeds the budget of {budget_mb} MB")
+    memory = probed_memory(nb)
+    if memory is not None:
+        row.update(memory)
+        if peak_rss_mb(memory) > budget_mb:
+            row["problems"].append(f"peak RSS {peak_rss_mb(memory)} MB exceeds the budget of {budget_mb} MB")
     elif not row["problems"]:
-        row["problems"].append("the memory probes printed nothing")
+        row["problems"].append("the memory probe printed nothing")
     return row
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
-    ap.add_argument("--limit-mb", type=int, default=2048, help="Binder's memory limit in MiB (default 2048)")
-    ap.add_argument("--server-mb", type=int, default=256,
-                    help="kept for the Jupyter server in the same container (default 256): the kernel's budget "
-                         "is limit - server")
+    ap.add_argument("--limit-mb", type=int, default=BINDER_MB,
+                    help=f"Binder's memory limit in MiB (default {BINDER_MB})")
+    ap.add_argument("--server-mb", type=int, default=SERVER_MB,
+                    help=f"kept for the Jupyter server in the same container (default {SERVER_MB}): the kernel's "
+                         "budget is limit - server")
     ap.add_argument("--address-space-mb", type=int, help="also set RLIMIT_AS in the kernel (experiments only)")
     ap.add_argument("--once", action="store_true", help="run each cell once (default: twice)")
     ap.add_argument("--order", choices=("reverse", "course"), default="reverse",
                     help="reverse (default; nbval runs the course order) or course order")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    ap.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds per cell")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--git-check", action=argparse.BooleanOptionalAction, default=True,
                     help="fail when git status changes during a notebook (off in a tree others are editing)")
     args = ap.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or course_notebooks()
     if args.order == "reverse":
         paths = paths[::-1]
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # Binder has no GPU, and CUDA reserves far more address space

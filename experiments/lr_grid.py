@@ -1,27 +1,26 @@
 """The learning-rate grid: every method on every task at four rates and two seeds; resumable.
 
-    python scripts/lr_grid.py            # the whole grid: 7 methods x 3 tasks x 4 rates x 2 seeds = 168 runs
-    python scripts/lr_grid.py --quick    # reduced: prompt tuning, author task, 2 rates, 3 steps (as in the tests)
-    python scripts/lr_grid.py --shard 0/2 & python scripts/lr_grid.py --shard 1/2    # two processes, one file
+    python experiments/lr_grid.py            # the whole grid: 7 methods x 3 tasks x 4 rates x 2 seeds = 168 runs
+    python experiments/lr_grid.py --quick    # reduced: prompt tuning, author task, 2 rates, 3 steps (as in the tests)
+    python experiments/lr_grid.py --shard 0/2 & python experiments/lr_grid.py --shard 1/2    # two processes, one file
 
 Each run trains for `compare.STEPS` steps of `compare.BATCH_SIZE` examples (`lora_teach.compare.run_one`) and
 records the task's metric on validation and on test (and, for Shakespeare, held-out Austen afterwards). Only
-the validation columns choose a rate (`compare.choose_rates`); `benchmarks/compare_methods.py` then reports the
+the validation columns choose a rate (`compare.choose_rates`); `experiments/compare_methods.py` then reports the
 chosen rate's test figures over three seeds. Rows are appended to the CSV as runs finish, and a restart skips
 every run already in the file, so an interrupted grid resumes where it stopped.
 
+Writes `lora_teach/results/lr_grid.csv` by default (one row per run, the columns of `compare.RUN_FIELDS`).
 Running time: on two quiet CPU cores, as two processes (one torch thread each), about 19 s per run per process
 (the last 42 runs took 6.7 minutes), so the 168 runs take about 27 minutes. (On a machine shared with other jobs,
-load average 10 to 26, the first 126 runs took about 65 minutes, 50 to 140 s per run per process.) Writes
-`lora_teach/results/lr_grid.csv` by default. Restart every shard at the same time with the same n: each shard
-takes every n-th run of the runs still missing when it starts.
+load average 10 to 26, the first 126 runs took about 65 minutes, 50 to 140 s per run per process.) Restart every
+shard at the same time with the same n: each shard takes every n-th run of the runs still missing when it starts.
+The reduced grid (--quick) takes seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
 import sys
 import time
 from pathlib import Path
@@ -33,45 +32,45 @@ from lora_teach import load_base_model
 from lora_teach.compare import (
     GRID_METHODS,
     GRID_SEEDS,
-    RESULTS,
+    LR_GRID,
     RUN_FIELDS,
     STEPS,
     TASKS,
     austen_task,
     grid_rates,
-    grid_runs,
-    parse_shard,
-    read_csv,
     run_one,
 )
+from lora_teach.methods import get_method
+from lora_teach.results import RESULTS, append_row, read_csv
 
-FIELDS = RUN_FIELDS
+
+def grid_runs(methods=GRID_METHODS, tasks=TASKS, seeds=GRID_SEEDS, grid=None) -> list[tuple[str, str, float, int]]:
+    """Every (method, task, lr, seed) of the learning-rate grid, in the order they are run."""
+    grid = grid or LR_GRID
+    for method in methods:
+        get_method(method)  # an unknown name is refused here, naming the methods there are
+    return [(m, t, lr, s) for t in tasks for m in methods for lr in grid[m] for s in seeds]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n): this process runs every n-th run of the list, starting at run i (0 <= i < n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
 
 
 def done_runs(path: Path, steps: int, batch_size: int) -> set[tuple[str, str, float, int]]:
     """The (method, task, lr, seed) already in the CSV at this budget; refuses a file with other columns."""
-    if not path.exists():
-        return set()
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), None)
-    if header is not None and tuple(header) != FIELDS:
-        raise ValueError(f"{path} has the columns {header}, not {list(FIELDS)}: move it away or use another --out")
-    return {(r["method"], r["task"], float(r["lr"]), int(r["seed"])) for r in read_csv(path)
+    rows = read_csv(path, missing_ok=True)
+    if rows and tuple(rows[0]) != RUN_FIELDS:
+        raise ValueError(f"{path} has the columns {list(rows[0])}, not {list(RUN_FIELDS)}: move it away or use "
+                         "another --out")
+    return {(r["method"], r["task"], float(r["lr"]), int(r["seed"])) for r in rows
             if int(r["steps"]) == steps and int(r["batch_size"]) == batch_size}
-
-
-def append_row(path: Path, row: dict, fields=FIELDS) -> None:
-    """Append one run's row (writing the header first into a new file), formatted to 6 significant digits.
-    The file is locked while it is written, so several shards can share it."""
-    with path.open("a", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="raise")
-            if f.tell() == 0:
-                writer.writeheader()
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def main(argv=None) -> Path:
@@ -82,6 +81,7 @@ def main(argv=None) -> Path:
                     help="torch threads (default: 1 for the full run, the machine being shared; torch's for --quick)")
     ap.add_argument("--shard", default="0/1", help="i/n: run only every n-th run, from run i (parallel processes)")
     args = ap.parse_args(argv)
+    out = args.out.resolve()
     shard, n_shards = parse_shard(args.shard)
     threads = args.threads if args.threads is not None else (None if args.quick else 1)
     if threads is not None:
@@ -94,8 +94,8 @@ def main(argv=None) -> Path:
     else:
         steps, batch_size = STEPS, 16
         runs = grid_runs(GRID_METHODS, TASKS, GRID_SEEDS)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    finished = done_runs(args.out, steps, batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    finished = done_runs(out, steps, batch_size)
     # prompt tuning on the classification tasks first: the placement experiment needs the rates they choose
     runs.sort(key=lambda r: not (r[0] == "prompt" and r[1] != "shakespeare"))  # stable: otherwise in grid order
     # shard the whole list, then drop what is finished: a shard owns the same runs whenever it starts
@@ -111,9 +111,9 @@ def main(argv=None) -> Path:
         bar.set_postfix_str(f"{task} {method} lr={lr:g} seed={seed}")
         row = run_one(method, task, base, seed, steps, batch_size, lr, austen if task == "shakespeare" else None,
                       time_step=False)
-        append_row(args.out, row)
-    print(f"grid done: {len(todo)} runs in {(time.perf_counter() - t0) / 60:.1f} min; {args.out}", file=sys.stderr)
-    return args.out
+        append_row(out, row, RUN_FIELDS)
+    print(f"grid done: {len(todo)} runs in {(time.perf_counter() - t0) / 60:.1f} min; {out}", file=sys.stderr)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Build the static HTML edition of the course with nbconvert: one page per notebook and an index page.
 
-    python scripts/build_html.py                    # every notebooks/NN_*.ipynb as committed -> build/html/
-    python scripts/build_html.py --execute          # run each notebook first, from a clean kernel in a temp dir
-    python scripts/build_html.py notebooks/00_start_here.ipynb --out /tmp/html
+    python tools/build_html.py            # every notebooks/NN_*.ipynb as committed -> build/html/
+    python tools/build_html.py --execute  # run each notebook first, from a clean kernel in a temp dir
+    python tools/build_html.py notebooks/00_start_here.ipynb --out /tmp/html
 
 The committed notebooks carry the outputs of one clean run, so by default nothing is executed. Widgets need a
 live kernel, so this edition leaves the live part out: a lora_teach widget's output also carries a PNG of its
@@ -18,14 +18,12 @@ import copy
 import html
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 from nbconvert import HTMLExporter
+from notebook_runner import ROOT, course_notebooks, execute
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 NOTEBOOK_LINK = re.compile(r"\]\((\d\d_\w+)\.ipynb\)")
 
@@ -72,12 +70,6 @@ def title_of(nb, fallback: str) -> str:
     return fallback
 
 
-def execute(nb) -> None:
-    """Run `nb` in place from a clean kernel, in a temporary working directory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
-
-
 def build(paths: list[Path], out: Path, run: bool = False) -> list[Path]:
     """Write one HTML page per notebook and index.html into `out`; return the pages written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +78,7 @@ def build(paths: list[Path], out: Path, run: bool = False) -> list[Path]:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         if run:
-            execute(nb)
+            execute(nb)  # from a clean kernel in an empty temporary directory
         title = title_of(nb, path.stem)
         body, _ = exporter.from_notebook_node(static_notebook(nb), resources={"metadata": {"name": title}})
         page = out / f"{path.stem}.html"
@@ -108,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "html", help="default: build/html/")
     ap.add_argument("--execute", action="store_true", help="execute each notebook before converting it")
     args = ap.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or course_notebooks()
     build(paths, args.out, run=args.execute)
     print(f"open {args.out / 'index.html'}")
     return 0

@@ -9,7 +9,7 @@ while you move a slider: this script trains ahead, on the Austen -> Shakespeare 
 It also records the Shakespeare validation loss of every snapshot, and of the final adapters rescaled to each
 alpha in ALPHAS, so the viewer can print them. Seeded. The shipped file took 23 minutes on two CPU cores that
 other jobs were sharing (load average 6 to 10):
-    python scripts/precompute_lora_updates.py
+    python experiments/precompute_lora_updates.py
 It holds safetensors tensors (A and B in fp16, Delta W in fp32) and a JSON string in its metadata (settings,
 losses, versions): about 0.4 MB, no pickle. Results: Shakespeare validation loss 2.226 (base) -> 1.904 (r=1) ...
 1.821 (r=16) after 300 steps; full fine-tuning 1.550.
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         "steps": list(snapshot_steps), "layers": list(LAYERS), "target_modules": list(TARGETS),
         "lr": args.lr, "full_lr": args.full_lr, "batch_size": args.batch_size, "seed": SEED,
         "base_loss": base_loss, "full_loss": full_loss, "loss": losses, "alpha_loss": alpha_losses,
-        "made_by": "scripts/precompute_lora_updates.py",
+        "made_by": "experiments/precompute_lora_updates.py",
         "made_with": f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}",
         "seconds": round(time.perf_counter() - t0, 1),
     }

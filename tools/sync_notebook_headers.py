@@ -1,14 +1,14 @@
 """Write the Open-in-Colab / Binder badges and the Colab set-up cell into the course notebooks.
 
-    python scripts/sync_notebook_headers.py                              # every notebooks/NN_*.ipynb
-    python scripts/sync_notebook_headers.py notebooks/03_adapters.ipynb  # one notebook
-    python scripts/sync_notebook_headers.py --check                      # change nothing; exit 1 if out of sync
+    python tools/sync_notebook_headers.py                              # every notebooks/NN_*.ipynb
+    python tools/sync_notebook_headers.py notebooks/03_adapters.ipynb  # one notebook
+    python tools/sync_notebook_headers.py --check                      # change nothing; exit 1 if out of sync
 
 Both come from the one repository URL in pyproject.toml ([project.urls] Repository), through lora_teach.colab.
 The badges go on the line after the title heading; the set-up cell becomes the notebook's first code cell (tag
 `colab-setup`). Running it twice changes nothing. When it inserts a set-up cell, execute the notebook again so
 it is committed with the outputs of one clean run:
-    jupyter nbconvert --to notebook --execute --inplace notebooks/NN_name.ipynb
+    python tools/run_notebook.py notebooks/NN_name.ipynb
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ import sys
 from pathlib import Path
 
 import nbformat
+from notebook_runner import ROOT, course_notebooks
 
 from lora_teach.colab import header_problems, project_metadata, sync_notebook
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def course_notebooks() -> list[Path]:
-    """Every numbered notebook of the course, in order."""
-    return sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def relative(path: Path) -> str:
@@ -55,7 +49,7 @@ def main(argv=None) -> int:
         print(f"{path.name}: {', '.join(changes) if changes else 'in sync'}")
     if args.check:
         print("all notebooks in sync" if not out_of_sync else f"{out_of_sync} notebook(s) out of sync: run "
-              "python scripts/sync_notebook_headers.py")
+              "python tools/sync_notebook_headers.py")
     return 1 if out_of_sync else 0
 
 
