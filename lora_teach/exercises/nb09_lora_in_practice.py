@@ -81,16 +81,13 @@ def check_adapter_file_bytes(fn) -> bool:
 
 def budget_runs() -> dict[str, list[float]]:
     """The fixed-budget sweep (20,480 trainable numbers): target set -> accuracy per seed (mean of val and test)."""
-    import csv
-
-    from ..compare import RESULTS
+    from ..results import read_csv
 
     runs: dict[str, list[float]] = {}
-    with (RESULTS / "lora_rank_sweep.csv").open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["experiment"] == "targets":
-                accuracy = (float(row["val_accuracy"]) + float(row["test_accuracy"])) / 2
-                runs.setdefault(row["targets"], []).append(accuracy)
+    for row in read_csv("lora_rank_sweep.csv"):
+        if row["experiment"] == "targets":
+            accuracy = (float(row["val_accuracy"]) + float(row["test_accuracy"])) / 2
+            runs.setdefault(row["targets"], []).append(accuracy)
     return runs
 
 
