@@ -37,6 +37,7 @@ def quick_comparison(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_quick_comparison_writes_one_row_per_method_with_the_shipped_counts(quick_comparison):
     runs = _rows(quick_comparison / "comparison_runs.csv")
     assert [r["method"] for r in runs] == list(COURSE_METHODS)
@@ -50,6 +51,7 @@ def test_the_quick_comparison_writes_one_row_per_method_with_the_shipped_counts(
     assert {r["method"] for r in summary} == set(COURSE_METHODS)
 
 
+@pytest.mark.slow
 def test_the_quick_timings_write_both_timing_files(tmp_path):
     _script("method_timings").main(["--quick", "--out", str(tmp_path)])
     latency = _rows(tmp_path / "inference_latency.csv")
@@ -75,6 +77,7 @@ def quick_family(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_quick_lora_family_runs_the_grid_and_the_summary_with_the_shipped_counts(quick_family):
     grid = _rows(quick_family / "lora_family_grid.csv")
     variants = ["LoRA", "DoRA", "LoRA+"]
@@ -92,6 +95,7 @@ def test_the_quick_lora_family_runs_the_grid_and_the_summary_with_the_shipped_co
         assert int(r["seeds"]) == (1 if r["variant"] == "base" else 2)
 
 
+@pytest.mark.slow
 def test_the_quick_lora_family_writes_the_timing_serving_and_dora_files(quick_family):
     timing = _rows(quick_family / "lora_family_timing.csv")
     shipped = _rows(SHIPPED / "lora_family_timing.csv")
@@ -107,6 +111,7 @@ def test_the_quick_lora_family_writes_the_timing_serving_and_dora_files(quick_fa
     assert all(float(r["delta_m"]) >= 0 and float(r["delta_d"]) >= 0 for r in dora)
 
 
+@pytest.mark.slow
 def test_the_lora_performance_benchmark_reports_every_figure_of_the_readme(tmp_path):
     out = tmp_path / "lora_performance.json"
     result = _script("lora_performance").main(["--repeats", "2", "--out", str(out)])

@@ -29,6 +29,7 @@ def test_the_grid_lists_every_run_once():
         script.grid_runs(("bitfit",))
 
 
+@pytest.mark.slow
 def test_the_quick_grid_writes_every_run_once_with_validation_and_test_columns(quick_grid):
     script, out, half = quick_grid
     rows = read_csv(out)
@@ -43,6 +44,7 @@ def test_the_quick_grid_writes_every_run_once_with_validation_and_test_columns(q
     assert set(chosen_rates(out)) == {("prompt", "author")}
 
 
+@pytest.mark.slow
 def test_a_restarted_grid_skips_the_finished_runs(quick_grid):
     script, out, _ = quick_grid
     before = out.read_text()
@@ -62,6 +64,7 @@ def test_the_grid_refuses_a_file_with_other_columns_and_a_bad_shard(tmp_path):
         script.main(["--quick", "--out", str(tmp_path / "x.csv"), "--shard", "half"])
 
 
+@pytest.mark.slow
 def test_the_quick_placement_run_trains_both_placements_at_the_grids_rate(quick_grid, tmp_path):
     _, grid, _ = quick_grid
     out = tmp_path / "prompt_placement.csv"

@@ -145,6 +145,7 @@ def test_save_pretrained_loads_offline_with_auto_classes(base, tmp_path, archite
     assert tok.decode(x[0].tolist()) == text
 
 
+@pytest.mark.slow
 def test_the_tokenizer_encodes_every_shipped_text_as_char_tokenizer(tmp_path):
     hf_tokenizer().save_pretrained(tmp_path)
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
@@ -376,6 +377,7 @@ socket.getaddrinfo = _refuse
 """
 
 
+@pytest.mark.notebooks
 def test_the_notebooks_default_path_attempts_no_download(monkeypatch):
     """Notebook 11 with its default MODEL = "course", offline, in a kernel where every network call fails."""
     nbclient = pytest.importorskip("nbclient")
