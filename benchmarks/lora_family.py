@@ -100,33 +100,29 @@ def better(task_name: str, a: float, b: float) -> bool:
     return a > b if task_name != "shakespeare" else a < b  # accuracy up, loss down
 
 
-def grid(base, tasks, variants, out: Path, steps: int, grid_lrs=GRID, seeds=SEEDS, shard: str = "") -> list[dict]:
-    """The validation grid on the first seed, then the other seeds at the chosen rate; appends to the CSV."""
+def grid(base, tasks, variants, out: Path, steps: int, grid_lrs=GRID, seeds=SEEDS, shard: str = "") -> None:
+    """The validation grid on the first seed, then the other seeds at the chosen rate; appends to the CSV, and a
+    restart skips the runs it holds."""
     path = out / f"lora_family_grid{shard}.csv"
-    done = {(r["variant"], r["task"], float(r["lr"]), int(r["seed"])) for r in read_csv(path, missing_ok=True)}
-    rows = []
+    done = {(r["variant"], r["task"], float(r["lr"]), int(r["seed"])): r for r in read_csv(path, missing_ok=True)}
+
+    def run(name, task_name, lr, seed) -> dict:
+        row = done.get((name, task_name, lr, seed))
+        if row is None:
+            row = one_run(name, task_name, base, lr, seed, steps)
+            append_row(path, row)
+            print(f"{name:12s} {task_name:12s} lr {lr:g} seed {seed}: val {row['val']:.4f}", flush=True)
+        return row
+
     for task_name in tasks:
         for name in variants:
-            found = {}
-            for lr in grid_lrs:
-                key = (name, task_name, lr, seeds[0])
-                row = next((r for r in read_csv(path, missing_ok=True) if (r["variant"], r["task"], float(r["lr"]),
-                                                          int(r["seed"])) == key), None) if key in done else None
-                if row is None:
-                    row = one_run(name, task_name, base, lr, seeds[0], steps)
-                    append_row(path, row)
-                    print(f"{name:12s} {task_name:12s} lr {lr:g} seed {seeds[0]}: val {row['val']:.4f}", flush=True)
-                found[lr] = float(row["val"])
+            found = {lr: float(run(name, task_name, lr, seeds[0])["val"]) for lr in grid_lrs}
             best = grid_lrs[0]
             for lr in grid_lrs[1:]:
                 if better(task_name, found[lr], found[best]):
                     best = lr
             for seed in seeds[1:]:
-                if (name, task_name, best, seed) not in done:
-                    row = one_run(name, task_name, base, best, seed, steps)
-                    append_row(path, row)
-                    print(f"{name:12s} {task_name:12s} lr {best:g} seed {seed}: val {row['val']:.4f}", flush=True)
-    return rows
+                run(name, task_name, best, seed)
 
 
 def summary(out: Path, base=None, seeds=SEEDS) -> list[dict]:

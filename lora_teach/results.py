@@ -14,9 +14,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _resolve(path: str | Path) -> Path:
-    """A bare file name means a file in RESULTS; anything else is a path."""
+    """A bare file name ('lr_grid.csv') means the shipped file in RESULTS; anything with a folder is a path."""
     path = Path(path)
-    return RESULTS / path if path.parent == Path(".") and not path.is_file() else path
+    return RESULTS / path if str(path) == path.name else path
 
 
 def _formatted(row: dict) -> dict:

@@ -273,6 +273,25 @@ def test_no_stale_progress_bar_text_is_committed(path):
             assert not any(PROGRESS_BAR.search(t) for t in texts), f"{path.name}: stale progress text {texts}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_saved_progress_bar_shows_how_long_a_run_took(path):
+    """A saved bar's "[02:23<00:00, 3.54it/s" tells the speed of whatever machine ran it, not the learner's."""
+    state = nbformat.read(path, as_version=4).metadata.get("widgets", {})
+    values = [m.get("state", {}).get("value") for s in state.values() for m in s.get("state", {}).values()]
+    stale = [v for v in values if isinstance(v, str) and notebook_runner.ELAPSED.search(v)]
+    assert not stale, f"{path.name}: saved progress bars show elapsed times {stale[:2]}"
+
+
+def test_the_runner_keeps_a_bars_count_and_postfix_but_not_its_timing():
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {notebook_runner.WIDGET_STATE: {"state": {
+        "a": {"state": {"value": " 100/100 [02:23&lt;00:00,  3.54it/s, loss=1.532]"}},
+        "b": {"state": {"value": "100/100 [00:38<00:00,  2.61it/s]"}}, "c": {"state": {"value": "training"}}}}}
+    assert notebook_runner.strip_elapsed_times(nb) == 2
+    state = nb.metadata["widgets"][notebook_runner.WIDGET_STATE]["state"]
+    assert [state[k]["state"]["value"] for k in "abc"] == [" 100/100 [loss=1.532]", "100/100", "training"]
+
+
 def test_the_notebook_runner_strips_progress_text_and_figure_widget_state():
     """The clean-up after tools/run_notebook.py executes a committed notebook: bar text goes, other output stays,
     and a widget shown with a PNG fallback loses its saved state (with the models only it uses) while a bar keeps

@@ -108,6 +108,7 @@ def run_in_place(path: Path, timeout: int = TIMEOUT) -> float:
     seconds = execute(nb, path.resolve().parent, timeout)
     strip_figure_widget_state(nb)
     strip_progress_text(nb)
+    strip_elapsed_times(nb)
     nbformat.write(nb, path)
     return seconds
 
@@ -140,6 +141,24 @@ def strip_figure_widget_state(nb: nbformat.NotebookNode) -> int:
     if not state:
         nb.metadata.pop("widgets", None)
     return len(drop)
+
+
+# A tqdm bar's timing, "[02:23<00:00,  3.54it/s" (saved HTML-escaped): how fast the machine that ran it was.
+ELAPSED = re.compile(r"\[\d+:\d+(?::\d+)?(?:&lt;|<)[^,\]]*,\s*[^,\]]*(?:it/s|s/it)(?:, )?")
+
+
+def strip_elapsed_times(nb: nbformat.NotebookNode) -> int:
+    """Drop the elapsed time and rate from saved progress bars ("100/100 [02:23<00:00, 3.54it/s, loss=1.5]"
+    becomes "100/100 [loss=1.5]"): a learner reads a bar's last state, not the speed of the machine that ran it.
+    Returns how many bars changed."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    changed = 0
+    for model in state.values():
+        value = model.get("state", {}).get("value")
+        if isinstance(value, str) and ELAPSED.search(value):
+            model["state"]["value"] = ELAPSED.sub("[", value).replace(" []", "")
+            changed += 1
+    return changed
 
 
 def strip_progress_text(nb: nbformat.NotebookNode) -> None:
