@@ -73,9 +73,11 @@ def nbval_project(pytester):
 
 
 def test_the_notebook_check_fails_a_blown_budget_and_a_left_file(nbval_project):
-    result = nbval_project.runpytest("nb", "--kernel-budget-mb=1", "-m", "notebooks", "-v")
+    result = nbval_project.runpytest("nb", "--kernel-budget-mb=1", "-m", "notebooks", "-v", "-rN")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*leaves_a_file*kernel memory and files FAILED*"])
+    # -rN: no short summary, whose one-line excerpt of the message is cut at the terminal's width (so it names the
+    # file on a wide terminal and not on a narrow one); the failure's own report names it exactly once.
     output = result.stdout.str()
     assert "exceeds the budget of 1 MB" in output and output.count("left_behind.txt") == 1
 
