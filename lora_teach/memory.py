@@ -12,7 +12,9 @@ Weights, gradients and optimizer state are counted per parameter; every mode sta
 As in the ZeRO paper (Rajbhandari et al., 2020), "optimizer state" holds the fp32 master weights and the
 moments. A frozen parameter costs only its weight. Activations depend on the batch, not on the parameters, so
 they are a separate line (`activation_estimate`), with gradient checkpointing as an option; its formula is
-stated there. Model sizes: `MODEL_SIZES` (the course's tiny GPT to GPT-3 175B).
+stated there. Model sizes: `MODEL_SIZES` (the course's tiny GPT to GPT-3 175B) and `REAL_MODELS` (Llama-3-8B,
+Qwen2.5-1.5B and 7B, Mistral-7B, with their vocabularies). `fine_tuning_memory` and `fit_table` count a training
+step as practitioners run it on a GPU (logits and PEFT's fp32 adapters included) and say which of `GPUS` it fits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ModelSize:
     n_head: int
     note: str = ""
     context: int = 2048  # the sequence length its activations line uses
+    vocab: int = 0  # tokens in its vocabulary: one logit each per position (0: not recorded)
 
     @property
     def block_linear_params(self) -> int:
@@ -49,11 +52,13 @@ def gpt_parameters(n_layer: int, d: int, vocab: int, context: int, tied: bool = 
     return n_layer * per_block + vocab * d + context * d + 2 * d + head
 
 
-def llama_parameters(n_layer: int, d: int, d_ff: int, vocab: int, d_kv: int | None = None) -> int:
-    """Parameters of a LLaMA-style model (no biases, gated MLP, untied head, RMSNorm; d_kv < d for GQA)."""
+def llama_parameters(n_layer: int, d: int, d_ff: int, vocab: int, d_kv: int | None = None, *,
+                     qkv_bias: bool = False, tied: bool = False) -> int:
+    """Parameters of a LLaMA-style model (gated MLP, RMSNorm; d_kv < d for GQA). By default no biases and an
+    untied head; Qwen2.5 has biases on q, k and v (`qkv_bias`), and its small models tie the head (`tied`)."""
     d_kv = d if d_kv is None else d_kv
-    per_block = 2 * d * d + 2 * d * d_kv + 3 * d * d_ff + 2 * d
-    return n_layer * per_block + 2 * vocab * d + d
+    per_block = 2 * d * d + 2 * d * d_kv + 3 * d * d_ff + 2 * d + (d + 2 * d_kv if qkv_bias else 0)
+    return n_layer * per_block + (1 if tied else 2) * vocab * d + d
 
 
 def _gpt_linears(d: int) -> dict:
@@ -68,17 +73,35 @@ def _llama_linears(d: int, d_ff: int, d_kv: int) -> dict:
 
 MODEL_SIZES = {
     "tiny": ModelSize("this course's tiny GPT", gpt_parameters(4, 128, 97, 128, tied=False), 4, _gpt_linears(128),
-                      128, 4, "4 blocks, d = 128, untied head", 128),
+                      128, 4, "4 blocks, d = 128, untied head", 128, vocab=97),
     "gpt2": ModelSize("GPT-2 small (124 M)", gpt_parameters(12, 768, 50257, 1024), 12, _gpt_linears(768), 768, 12,
-                      "12 blocks, d = 768", 1024),
+                      "12 blocks, d = 768", 1024, vocab=50257),
     "7b": ModelSize("LLaMA-2 7B", llama_parameters(32, 4096, 11008, 32000), 32, _llama_linears(4096, 11008, 4096),
-                    4096, 32, "32 blocks, d = 4096", 4096),
+                    4096, 32, "32 blocks, d = 4096", 4096, vocab=32000),
     "65b": ModelSize("LLaMA 65B", llama_parameters(80, 8192, 22016, 32000), 80, _llama_linears(8192, 22016, 8192),
-                     8192, 64, "80 blocks, d = 8192 (QLoRA's largest model)"),
+                     8192, 64, "80 blocks, d = 8192 (QLoRA's largest model)", vocab=32000),
     "70b": ModelSize("LLaMA-2 70B", llama_parameters(80, 8192, 28672, 32000, d_kv=1024), 80,
-                     _llama_linears(8192, 28672, 1024), 8192, 64, "80 blocks, d = 8192, grouped-query attention", 4096),
+                     _llama_linears(8192, 28672, 1024), 8192, 64, "80 blocks, d = 8192, grouped-query attention", 4096,
+                     vocab=32000),
     "gpt3-175b": ModelSize("GPT-3 175B", gpt_parameters(96, 12288, 50257, 2048), 96, _gpt_linears(12288), 12288, 96,
-                           "96 blocks, d = 12288"),
+                           "96 blocks, d = 12288", vocab=50257),
+}
+# Real models a learner fine-tunes today, from their published configs (parameter counts as their model cards give
+# them: 8.03 B, 1.54 B, 7.61 B, 7.24 B). Not in MODEL_SIZES, whose models notebook 09's calculator offers.
+REAL_MODELS = {
+    "llama-3-8b": ModelSize("Llama-3-8B", llama_parameters(32, 4096, 14336, 128256, d_kv=1024), 32,
+                            _llama_linears(4096, 14336, 1024), 4096, 32,
+                            "32 blocks, d = 4096, grouped-query attention, 128,256 tokens", 8192, vocab=128256),
+    "qwen2.5-1.5b": ModelSize("Qwen2.5-1.5B",
+                              llama_parameters(28, 1536, 8960, 151936, d_kv=256, qkv_bias=True, tied=True), 28,
+                              _llama_linears(1536, 8960, 256), 1536, 12,
+                              "28 blocks, d = 1536, tied head, 151,936 tokens", 32768, vocab=151936),
+    "qwen2.5-7b": ModelSize("Qwen2.5-7B", llama_parameters(28, 3584, 18944, 152064, d_kv=512, qkv_bias=True), 28,
+                            _llama_linears(3584, 18944, 512), 3584, 28, "28 blocks, d = 3584, 152,064 tokens", 32768,
+                            vocab=152064),
+    "mistral-7b": ModelSize("Mistral-7B", llama_parameters(32, 4096, 14336, 32000, d_kv=1024), 32,
+                            _llama_linears(4096, 14336, 1024), 4096, 32,
+                            "32 blocks, d = 4096, grouped-query attention, 32,000 tokens", 32768, vocab=32000),
 }
 TARGET_SETS = {
     "q,v": ("q_proj", "v_proj"),
@@ -136,9 +159,10 @@ BASE_BITS = {32: 32, 16: 16, 8: 8, 4: NF4_BITS}  # a frozen base layer's weight;
 def _resolve_model(model) -> ModelSize:
     if isinstance(model, ModelSize):
         return model
-    if model not in MODEL_SIZES:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_SIZES)} or pass a ModelSize")
-    return MODEL_SIZES[model]
+    known = {**MODEL_SIZES, **REAL_MODELS}
+    if model not in known:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(known)} or pass a ModelSize")
+    return known[model]
 
 
 def _resolve_targets(model: ModelSize, targets) -> tuple[str, ...]:
@@ -261,3 +285,77 @@ def qlora_paper_65b(batch: int = 1, seq: int = 512) -> dict:
             "qlora_total": qlora["total"], "activations_checkpointed": act,
             "qlora_with_activations": qlora["total"] + act, "full_16bit_12_bytes": 12 * n,
             "full_mixed_16_bytes": memory_estimate("65b", "full", precision="bf16-mixed")["total"]}
+
+
+# ------------------------------------------------------------------------------------ what fits on which GPU
+GPUS = {"T4 16 GB": 16e9, "L4 24 GB": 24e9, "A100 40 GB": 40e9, "A100 80 GB": 80e9}  # nominal memory, bytes
+GPU_RESERVED = 1e9  # kept free on every GPU: the CUDA context, its kernels and the allocator's slack
+LOGIT_BYTES = 8  # per logit of a training step: the fp32 logits the loss reads and their fp32 gradient
+FIT_METHODS = {
+    "full": "full fine-tuning in bf16 mixed precision with AdamW: 2 + 2 + 4 + 8 = 16 bytes a parameter",
+    "lora": "LoRA on all linear layers of a frozen bf16 base (2 bytes a weight)",
+    "qlora": "QLoRA: the blocks' linear layers in NF4 (4.127 bits a weight), every other weight in fp32 "
+             "(prepare_model_for_kbit_training upcasts them), LoRA on all linear layers",
+}
+ADAPTER_DTYPES = {  # bytes per adapter parameter: (weight, gradient, Adam's two moments)
+    "fp32": (4, 4, 8),  # PEFT's default (autocast_adapter_dtype=True keeps adapters in fp32 on any base)
+    "bf16": (2, 2, 8),  # QLoRA's own code, and TRL's SFTTrainer on a 4-bit model: bf16 adapters, fp32 moments
+}
+FIT_ASSUMPTIONS = ("activation checkpointing (activation_estimate), LOGIT_BYTES per logit, LoRA on all linear layers "
+                   "of the blocks, adapters in fp32 as PEFT keeps them unless stated, GPU_RESERVED of every GPU "
+                   "kept for CUDA")
+
+
+def fine_tuning_memory(model, method: str, *, r: int = 16, batch: int = 1, seq: int = 2048,
+                       adapter_dtype: str = "fp32", other_bytes: float | None = None) -> dict:
+    """Bytes of one training step as practitioners run it on a GPU (FIT_METHODS), by part: 'weights' (everything
+    the model stores, frozen or trained), 'gradients', 'optimizer' (fp32 master weights and Adam moments),
+    'activations' (checkpointed), 'logits' (batch x seq x vocab x LOGIT_BYTES) and 'total'. For LoRA and QLoRA,
+    `adapter_dtype` (ADAPTER_DTYPES) sets the adapters' bytes and `other_bytes` the bytes of each weight outside
+    the blocks' linear layers (default 2 for LoRA's bf16 base, 4 for QLoRA after prepare_model_for_kbit_training)."""
+    model = _resolve_model(model)
+    if method not in FIT_METHODS:
+        raise ValueError(f"method must be one of {list(FIT_METHODS)}, got {method!r}")
+    if adapter_dtype not in ADAPTER_DTYPES:
+        raise ValueError(f"adapter_dtype must be one of {list(ADAPTER_DTYPES)}, got {adapter_dtype!r}")
+    if not model.vocab:
+        raise ValueError(f"{model.name} records no vocabulary size, so its logits cannot be counted; give its "
+                         "ModelSize a vocab")
+    if method == "full" and other_bytes is not None:
+        raise ValueError("full fine-tuning trains every weight at 16 bytes: other_bytes is for LoRA and QLoRA")
+    activations = activation_estimate(model, batch, seq, checkpointing=True)
+    logits = batch * seq * model.vocab * LOGIT_BYTES
+    if method == "full":
+        n = model.n_params
+        weights, gradients, optimizer = 2 * n, 2 * n, 12 * n  # bf16 weights and gradients; fp32 master + moments
+    else:
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"r (the rank) must be a positive int, got {r!r}")
+        trained = lora_parameters(model, r, tuple(model.linears))
+        w, g, moments = ADAPTER_DTYPES[adapter_dtype]
+        linear = model.block_linear_params
+        other = model.n_params - linear
+        other_bytes = (4 if method == "qlora" else 2) if other_bytes is None else other_bytes
+        base = linear * (NF4_BITS / 8 if method == "qlora" else 2) + other * other_bytes
+        weights, gradients, optimizer = base + trained * w, trained * g, trained * moments
+    total = weights + gradients + optimizer + activations + logits
+    return {"model": model.name, "method": method, "weights": weights, "gradients": gradients, "optimizer": optimizer,
+            "activations": activations, "logits": logits, "total": total}
+
+
+def fits(total_bytes: float, gpu: str) -> bool:
+    """Whether a training step of `total_bytes` fits on `gpu` (GPUS) with GPU_RESERVED kept free."""
+    if gpu not in GPUS:
+        raise ValueError(f"gpu must be one of {list(GPUS)}, got {gpu!r}")
+    return total_bytes + GPU_RESERVED <= GPUS[gpu]
+
+
+def fit_table(models=tuple(REAL_MODELS), methods=tuple(FIT_METHODS), **settings) -> list[dict]:
+    """One row per model and method: `fine_tuning_memory(model, method, **settings)` and, for each GPU of GPUS,
+    whether it fits."""
+    rows = []
+    for key in models:
+        for method in methods:
+            row = fine_tuning_memory(key, method, **settings)
+            rows.append(row | {gpu: fits(row["total"], gpu) for gpu in GPUS})
+    return rows

@@ -45,5 +45,5 @@ def test_package_depends_on_a_torch_range_not_a_pin():
 
 def test_test_only_dependencies_stay_out_of_the_course_requirements():
     course = _requirements(ROOT / "requirements.txt")
-    for name in ("pytest", "bitsandbytes", "hypothesis", "playwright"):
+    for name in ("pytest", "hypothesis", "playwright"):
         assert name not in course

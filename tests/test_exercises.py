@@ -752,6 +752,19 @@ MISTAKES_13 = [
     ("check_mixed_from_single", lambda outputs, names: sum(outputs.values()) / len(outputs), "averaging"),
 ]
 
+MISTAKES_14 = [
+    ("check_loss_tokens", 8, "must carry loss"),
+    ("check_loss_tokens", 10, "belongs to the prompt"),
+    ("check_loss_tokens", 11, "only what is inside"),
+    ("check_bnb_defaults", "a", "none of it is the default"),
+    ("check_bnb_defaults", "c", "'fp4'"),
+    ("check_bnb_defaults", "d", "load_in_8bit"),
+    ("check_reference_copy_gb", 7_615_616_512 * 2 / 1e9, "in bf16"),
+    ("check_reference_copy_gb", 7_615_616_512 * 4 / 8 / 1e9, "4.127 bits in all"),
+    ("check_reference_copy_gb", 7_615_616_512 * 4.5 / 8 / 1e9, "fp32 block constants"),
+    ("check_reference_copy_gb", 7_615_616_512 * 4.127 / 8 / 2**30, "2^30"),
+]
+
 
 def test_the_dora_answer_counts_what_lora_teach_trains():
     from lora_teach.lora import LoRALinear
@@ -790,7 +803,7 @@ def test_the_mixed_batch_answer_is_what_forward_with_adapters_computes():
 
 # every notebook's common mistakes, each with the words its own message must contain
 ALL_MISTAKES = (MISTAKES + MISTAKES_03 + MISTAKES_04 + MISTAKES_05_06 + MISTAKES_07 + MISTAKES_09 + MISTAKES_10
-                + MISTAKES_11 + MISTAKES_12 + MISTAKES_13)
+                + MISTAKES_11 + MISTAKES_12 + MISTAKES_13 + MISTAKES_14)
 
 
 @pytest.mark.parametrize("name,answer,words", ALL_MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(ALL_MISTAKES)])
