@@ -15,6 +15,7 @@ notebook_runner.run_in_place.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from notebook_runner import run_in_place
 
 
 def main(argv=None) -> int:
+    # The kernel inherits this: in course mode nothing reaches the Hugging Face Hub (as under `make`, whose RUN sets
+    # it too), and what the saved outputs show is what an offline learner sees.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="+", type=Path)
     args = ap.parse_args(argv)
