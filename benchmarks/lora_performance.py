@@ -11,7 +11,7 @@ merged/base <= 1.02.
 Reference rows explain the LoRA/full ratio. "No weight gradients" trains a single bias in the first layer:
 every layer still runs its backward pass for the input gradient but computes no weight gradient, the floor any
 method that keeps the weights frozen pays. "LoRA minus the floor" is what LoRA's factors themselves cost, as a
-share of a full step; it moves less with the machine's state than the ratio does (README). A stand-in model
+share of a full step; it moves less with the machine's state than the ratio does (docs/PERFORMANCE.md). A stand-in model
 twice as wide (d = 256, random weights) shows how the ratio depends on the shape: the share of the step that
 LoRA removes grows with d.
 """
@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
 
 
 def markdown_table(result: dict) -> str:
-    """The README's performance table, from a result of `main` (or the JSON file it writes)."""
+    """docs/PERFORMANCE.md's performance table, from a result of `main` (or the JSON file it writes)."""
     s, f, i = result["train_step_ms"], result["lora_vs_full_step_ms"], result["inference_ms"]
     w = result["lora_vs_full_step_ms_d256"]
 
@@ -171,7 +171,7 @@ def markdown_table(result: dict) -> str:
 
 
 def memory_line(result: dict) -> str:
-    """The README's memory sentence: MiB by component for full fine-tuning and for LoRA."""
+    """docs/PERFORMANCE.md's memory sentence: MiB by component for full fine-tuning and for LoRA."""
     def parts(mem):
         names = {"weights": "weights", "gradients": "gradients", "optimizer": "Adam", "activations": "activations"}
         return ", ".join(f"{names[k]} {mem[k] / 2**20:.2f}" for k in names)

@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
 
 
 def markdown_table(result: dict) -> str:
-    """The README's table of this benchmark."""
+    """docs/PERFORMANCE.md's table of this benchmark."""
     b, s = result["bytes"], result["step_ms"]
     rows = [("frozen linear weights, NF4 (codes + constants) / fp32",
              f"{b['codes'] + b['constants']:,} / {b['weights_fp32']:,} bytes = **{b['ratio_linear']:.3f}**", "<= 0.14"),

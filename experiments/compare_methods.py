@@ -16,7 +16,7 @@ Writes, under --out (default lora_teach/results/, shipped with the package so no
     comparison_runs.csv       one row per (method, task, seed); `quality` and `austen_loss` are test figures
     comparison_summary.csv    mean and standard deviation over seeds (and the untrained base, full run only)
     small_data_curves.csv     (--small-data) full fine-tuning and LoRA on 8 passages per author
-and prints the README's comparison table (full run). The timings of notebook 10 are a benchmark:
+and prints docs/PERFORMANCE.md's comparison table (full run). The timings of notebook 10 are a benchmark:
 `benchmarks/method_timings.py`.
 """
 
@@ -55,7 +55,7 @@ from lora_teach.plotting import method_style, use_course_style  # noqa: E402
 from lora_teach.results import RESULTS, read_csv, write_csv  # noqa: E402
 from lora_teach.training import SEED, seed_everything, train  # noqa: E402
 
-README_NAMES = {"base": "base (no training)", "full": "full", "adapters": "adapters", "prefix": "prefix",
+TABLE_NAMES = {"base": "base (no training)", "full": "full", "adapters": "adapters", "prefix": "prefix",
                 "prompt": "prompt", "p-tuning": "P-tuning", "lora": "LoRA, q and v", "lora-all": "LoRA, all linear"}
 
 
@@ -88,7 +88,7 @@ def small_data_curves(base: torch.nn.Module, rates: dict[str, float], methods=("
 
 
 def readme_table(summary: list[dict]) -> str:
-    """The README's comparison table: test figures, mean ± standard deviation over the seeds, at the chosen rates."""
+    """docs/PERFORMANCE.md's comparison table: test figures, mean ± standard deviation over seeds, chosen rates."""
     by = {(r["method"], r["task"]): r for r in summary}
 
     def cell(row, key):
@@ -105,7 +105,7 @@ def readme_table(summary: list[dict]) -> str:
         rates = "" if method == "base" else " / ".join(f"{float(r['lr']):g}" for r in (s, a, t))
         stored = "" if method == "base" else f"{round(float(s['checkpoint_bytes']) / 1000):,} kB"
         figures = [cell(r, key) for r, key in ((s, "quality"), (s, "austen_loss"), (a, "quality"), (t, "quality"))]
-        lines.append(f"| {README_NAMES[method]} | {int(float(s['trainable'])):,} | {rates} | "
+        lines.append(f"| {TABLE_NAMES[method]} | {int(float(s['trainable'])):,} | {rates} | "
                      + " | ".join(figures) + f" | {stored} |")
     return "\n".join(lines)
 
