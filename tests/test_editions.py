@@ -68,13 +68,20 @@ def test_a_solution_that_assigns_nothing_leaves_a_valid_block():
 
 
 def test_the_teacher_source_puts_each_solution_between_nbgraders_markers():
+    """A function's `return None` stays after the markers, a value's `name = None` before them: where nbgrader's
+    ClearSolutions, with our code stub, gives the learner's stub back."""
     source = "def f(d):\n    \"\"\"Doc.\"\"\"\n    # YOUR CODE HERE\n    return None\n\n\n_ = check(f)"
     out = editions.teacher_source(source, ["n = d * d\nreturn n"])
     assert out == ("def f(d):\n    \"\"\"Doc.\"\"\"\n    ### BEGIN SOLUTION\n    n = d * d\n    return n\n"
-                   "    ### END SOLUTION\n\n\n_ = check(f)")
+                   "    ### END SOLUTION\n    return None\n\n\n_ = check(f)")
     namespace = {"check": lambda f: f(3)}
     exec(out, namespace)
     assert namespace["_"] == 9
+    out = editions.teacher_source("# YOUR CODE HERE\na = None\nb = None\n_ = check(a)", ["a, b = 1, 2"])
+    assert out == "a = None\nb = None\n### BEGIN SOLUTION\na, b = 1, 2\n### END SOLUTION\n_ = check(a)"
+    namespace = {"check": lambda a: a}
+    exec(out, namespace)
+    assert namespace["_"] == 1
 
 
 @pytest.mark.parametrize(("source", "solutions"), [
@@ -89,7 +96,7 @@ def test_stubs_and_solutions_that_do_not_pair_up_are_refused(source, solutions):
 
 
 def test_an_exercise_without_its_folded_solution_is_refused_before_anything_is_built():
-    nb = _learner(nbformat.v4.new_code_cell("# YOUR CODE HERE\nx = None\n_ = check(x)"),
+    nb = _learner(nbformat.v4.new_code_cell("# YOUR CODE HERE\nx = None\n_ = check_x(x)"),
                   nbformat.v4.new_markdown_cell("Next."))
     before = nbformat.writes(nb)
     with pytest.raises(editions.EditionError, match="without its folded solution"):
@@ -100,7 +107,7 @@ def test_an_exercise_without_its_folded_solution_is_refused_before_anything_is_b
 
 
 def test_both_editions_clear_outputs_tags_and_widgets_and_leave_the_learner_edition_alone():
-    exercise = nbformat.v4.new_code_cell("# YOUR CODE HERE\nx = None\n_ = check(x)", execution_count=1,
+    exercise = nbformat.v4.new_code_cell("# YOUR CODE HERE\nx = None\n_ = check_x(x)", execution_count=1,
                                          outputs=[nbformat.v4.new_output("stream", text="… waiting\n")],
                                          metadata={"tags": ["nbval-check-output", "keep-me"]})
     nb = _learner(exercise, nbformat.v4.new_markdown_cell(_folded("x = 1")))
@@ -109,10 +116,14 @@ def test_both_editions_clear_outputs_tags_and_widgets_and_leave_the_learner_edit
     teacher, n = editions.edition(nb, "teacher", stem="nb99")
     student, _ = editions.edition(nb, "student")
     assert nbformat.writes(nb) == before and n == 1
-    assert len(teacher.cells) == len(student.cells) == 2  # the folded solution is gone from both
-    assert teacher.cells[1].source == "### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n_ = check(x)"
+    assert len(student.cells) == 2 and len(teacher.cells) == 3  # the folded solution is gone; a graded cell added
+    assert teacher.cells[1].source == "x = None\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n_ = check_x(x)"
     assert teacher.cells[1].metadata["nbgrader"]["solution"] is True
     assert teacher.cells[1].metadata["nbgrader"]["grade_id"] == "nb99-1"
+    graded = teacher.cells[2]
+    assert graded.metadata["nbgrader"] == {"grade": True, "grade_id": "nb99-1-graded", "locked": True, "points": 1,
+                                           "schema_version": 3, "solution": False, "task": False}
+    assert "    assert check_x(x)" in graded.source and "HIDDEN" not in graded.source
     assert student.cells[1].source == exercise.source
     for built in (teacher, student):
         cell = built.cells[1]
@@ -174,33 +185,93 @@ def teacher_edition(tmp_path_factory):
     return out
 
 
+def _graded_cells(nb):
+    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+
+
+def _nbgrader_release(nb, config_dir: Path):
+    """What `nbgrader generate_assignment` makes of a teacher notebook: nbgrader's own ClearSolutions (metadata
+    enforced), configured by the nbgrader_config.py written next to the edition, and ClearHiddenTests."""
+    from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+    from traitlets.config import Config
+
+    namespace = {"get_config": Config}
+    exec((config_dir / "nbgrader_config.py").read_text(), namespace)
+    released, _ = ClearSolutions(config=namespace["c"], enforce_metadata=True).preprocess(nb, {})
+    released, _ = ClearHiddenTests(config=namespace["c"]).preprocess(released, {})
+    return released
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_nbgraders_clear_solutions_accepts_the_teacher_edition_and_gives_back_the_learners_stubs(
+def test_nbgrader_releases_the_teacher_edition_as_the_learners_exercises_with_a_graded_cell_each(
         path, teacher_edition):
     """A teacher on a JupyterHub with nbgrader can use the teacher edition as an assignment source as it is:
-    nbgrader's own ClearSolutions (metadata enforced, as in `nbgrader generate_assignment`) accepts every
-    notebook, and where it put its stub the learner's edition has ours."""
-    from nbgrader.preprocessors import ClearSolutions
-
+    nbgrader's ClearSolutions, with the code stub of our nbgrader_config.py, gives back the learner's exercise
+    (a value's `name = None` above the `# YOUR CODE HERE` line), never `raise NotImplementedError()`; each
+    exercise is followed by a locked graded cell with its points, and only function checks have hidden tests."""
+    learner = _read(path)
     teacher = _read(teacher_edition / path.name)
-    assert sum("### BEGIN SOLUTION" in c.source for c in teacher.cells) == len(editions.exercises(_read(path)))
-    cleared, _ = ClearSolutions(enforce_metadata=True).preprocess(teacher, {})
-    learner_exercises = [c.source for c in _exercise_cells(_read(path))]
-    theirs = [c.source for c in cleared.cells if "raise NotImplementedError()" in c.source]
-    assert len(theirs) == len(learner_exercises)
-    for ours, nbgrader_stub in zip(learner_exercises, theirs, strict=True):
+    n = len(editions.exercises(learner))
+    assert sum("### BEGIN SOLUTION" in c.source for c in teacher.cells) == n
+    released = _nbgrader_release(teacher, teacher_edition)
+    text = "\n".join(c.source for c in released.cells)
+    assert "NotImplementedError" not in text and "SOLUTION" not in text and "HIDDEN TESTS" not in text
+    exercises = [c for c in released.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    assert len(exercises) == n
+    for ours, cleared in zip([c.source for c in _exercise_cells(learner)], exercises, strict=True):
         lines = ours.split("\n")
-        for start, end, indent in reversed(editions.stub_regions(ours)):
-            lines[start:end] = [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError()"]
-        assert "\n".join(lines) == nbgrader_stub
-    assert not [c for c in cleared.cells if "SOLUTION" in c.source]
+        for start, end, _ in reversed(editions.stub_regions(ours)):
+            stub = lines[start:end]
+            kept = [line for line in stub[1:] if line.strip() not in ("return None", "pass")]
+            lines[start:end] = [*kept, stub[0], *[line for line in stub[1:] if line not in kept]]
+        assert "\n".join(lines) == cleared.source
+        after = released.cells[released.cells.index(cleared) + 1]
+        meta = after.metadata.get("nbgrader", {})
+        assert meta.get("grade") and meta["locked"] and meta["grade_id"] == meta_id(cleared) + "-graded"
+        function = "return None" in cleared.source
+        assert meta["points"] == (2 if function else 1)
+        (check,) = editions.CHECK_LINE.findall(cleared.source)
+        assert f"    assert {check[0]}({check[1]})" in after.source
+    hidden = [c for c in _graded_cells(teacher) if editions.HIDDEN_BEGIN in c.source]
+    assert all(c.metadata["nbgrader"]["points"] == 2 for c in hidden)
+
+
+def meta_id(cell) -> str:
+    return cell.metadata["nbgrader"]["grade_id"]
+
+
+def test_the_teacher_edition_configures_nbgraders_stub(teacher_edition):
+    config = (teacher_edition / "nbgrader_config.py").read_text()
+    assert config == editions.NBGRADER_CONFIG and 'code_stub = {"python": "# YOUR CODE HERE"}' in config
+
+
+def test_the_course_directory_holds_the_config_and_one_source_folder_per_assignment(tmp_path):
+    paths = [str(p) for p in NOTEBOOKS[:2]]
+    assert editions.main(["course", *paths, "--out", str(tmp_path / "a")]) == 0
+    assert sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.ipynb")) == [
+        f"source/{p.stem}/{p.name}" for p in NOTEBOOKS[:2]]
+    assert editions.main(["course", *paths, "--assignment", "week1", "--out", str(tmp_path / "b")]) == 0
+    assert sorted(p.name for p in (tmp_path / "b" / "source" / "week1").iterdir()) == [p.name for p in NOTEBOOKS[:2]]
+    assert (tmp_path / "b" / "nbgrader_config.py").read_text() == editions.NBGRADER_CONFIG
+
+
+@pytest.mark.parametrize("argv", [["teacher", "--assignment", "week1"], ["course", "--assignment", "../up"],
+                                  ["course", "notebooks/99_missing.ipynb"]])
+def test_bad_course_arguments_are_refused_before_anything_is_written(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        editions.main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and not (tmp_path / "out").exists()
+    assert "--assignment" in err or "no such notebook" in err, err
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_every_solution_passes_its_check(path, teacher_edition):
-    """The teacher edition runs top to bottom, and every check cell prints one ✓ line per check."""
+def test_every_solution_passes_its_check(path, teacher_edition, monkeypatch):
+    """The teacher edition runs top to bottom, every check cell prints one ✓ line per check, and every graded
+    cell passes as nbgrader runs it (NBGRADER_EXECUTION set), hidden tests on fresh inputs included."""
     nb = _read(teacher_edition / path.name)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")  # the kernel inherits it: the graded cells assert
     execute(nb, ROOT / "notebooks")  # raises on any error
     cells = _exercise_cells(nb)
     assert cells

@@ -63,7 +63,7 @@ def _prefix_attention(q, k, v, prefix_k, prefix_v, causal=True, see_prefix=True)
 MISTAKES = [
     ("check_weights_megabytes", 834_560 * 4 / 2**20, "MiB"),
     ("check_weights_megabytes", 834_560 / 1e6, "4 bytes"),
-    ("check_linear_by_hand", lambda x, weight, bias: x @ weight + bias, "x @ weight.T"),
+    ("check_linear_by_hand", lambda x, weight, bias: x @ weight + bias, "swaps the weight's two axes"),
     ("check_linear_by_hand", lambda x, weight, bias: x @ weight.T, "bias is missing"),
     ("check_linear_by_hand", lambda x, weight, bias: x @ weight.T - bias, "added, not subtracted"),
     ("check_always_austen_accuracy", 66.7, "percentage"),
@@ -274,9 +274,12 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-
 
 
 def _solved(source: str, solutions: list[str]) -> str:
-    """An exercise cell with each stub replaced by its folded solution (the teacher edition, markers left out)."""
-    lines = editions.teacher_source(source, solutions).split("\n")
-    return "\n".join(line for line in lines if line.strip() not in (editions.BEGIN, editions.END))
+    """An exercise cell with each stub replaced by its folded solution, as a learner would write it."""
+    editions.check_pairing(source, solutions)
+    lines = source.split("\n")
+    for (start, end, indent), solution in reversed(list(zip(editions.stub_regions(source), solutions, strict=True))):
+        lines[start:end] = [f"{indent}{line}" if line.strip() else "" for line in solution.strip("\n").split("\n")]
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -298,6 +301,71 @@ def test_a_function_exercises_folded_solution_is_its_checks_right_answer(path):
         folded_function = "\n".join(lines[node.lineno - 1:node.end_lineno])
         assert folded_function == textwrap.dedent(inspect.getsource(solution)).rstrip("\n"), (
             f"{path.name}: the folded solution of {check} differs from {solution.__module__}.{solution.__name__}")
+
+
+# ------------------------------------------------------------------------------ hidden tests: fresh inputs
+FRESH = [name for name in CHECKS if getattr(getattr(ex, name), "fresh_inputs", False)]
+
+
+def test_a_few_function_checks_take_fresh_inputs():
+    assert len(FRESH) >= 5 and "check_linear_by_hand" in FRESH and "check_low_rank_factors" in FRESH
+    assert all(inspect.isfunction(RIGHT[name]) for name in FRESH)  # function exercises only
+
+
+@pytest.mark.parametrize("name", FRESH)
+def test_the_right_answer_passes_on_fresh_inputs_that_differ_from_the_shown_ones(name, capsys):
+    from lora_teach.exercises import core
+
+    seen = {}
+
+    def recording(*args):
+        seen.setdefault(core._FRESH["seed"], []).append([a.clone() if isinstance(a, torch.Tensor) else a
+                                                         for a in args])
+        return RIGHT[name](*args)
+
+    recording.__name__ = RIGHT[name].__name__
+    state = torch.random.get_rng_state()
+    assert getattr(ex, name)(recording) is True
+    for seed in (1, 2):
+        before = core._FRESH["drawn"]
+        with core.fresh_inputs(seed):
+            assert getattr(ex, name)(recording) is True, capsys.readouterr().out
+        assert core._FRESH["drawn"] > before  # something was drawn afresh
+    assert core._FRESH["seed"] is None and torch.equal(torch.random.get_rng_state(), state)
+    shown, fresh = seen[None], seen[1]
+    assert len(shown) == len(fresh)
+    assert any(isinstance(a, torch.Tensor) and not torch.equal(a, b) for s, f in zip(shown, fresh, strict=True)
+               for a, b in zip(s, f, strict=True)) or name == "check_mixed_from_single"
+
+
+def test_a_function_that_only_fits_the_shown_cases_fails_on_fresh_inputs(capsys):
+    """What the hidden tests catch: answers learnt by heart for the cases the check shows."""
+    from lora_teach.exercises.core import fresh_inputs
+
+    shown = {}
+
+    def record(x, weight, bias):
+        shown[x.shape] = RIGHT["check_linear_by_hand"](x, weight, bias)
+        return shown[x.shape]
+
+    assert ex.check_linear_by_hand(record) is True
+
+    def by_heart(x, weight, bias):
+        return shown[x.shape]
+
+    assert ex.check_linear_by_hand(by_heart) is True
+    with fresh_inputs(1):
+        assert ex.check_linear_by_hand(by_heart) is False
+    assert "wrong values" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [0, -1, 1.5, True, "1"])
+def test_fresh_inputs_refuses_a_bad_seed(seed):
+    from lora_teach.exercises.core import _FRESH, fresh_inputs
+
+    with pytest.raises(ValueError, match="seed must be a whole number >= 1"), fresh_inputs(seed):
+        pass
+    assert _FRESH["seed"] is None
 
 
 # ------------------------------------------------------------------------------------------ building blocks
@@ -395,7 +463,7 @@ MISTAKES_03 = [
     ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + (x @ wd.T + bd) @ wu.T + bu, "non-linearity"),
     ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + F.gelu(x @ wd.T) @ wu.T, "biases are missing"),
     ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + F.gelu(x @ wd.T + bd) @ wu.T, "b_up"),
-    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + F.gelu(x @ wd + bd) @ wu + bu, "W_down is (m, d)"),
+    ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x + F.gelu(x @ wd + bd) @ wu + bu, "W_down (m, d)"),
     ("check_bottleneck_adapter", lambda x, wd, bd, wu, bu: x.add_(F.gelu(x @ wd.T + bd) @ wu.T + bu), "in place"),
     ("check_pfeiffer_parameter_count", 2 * 4 * (2 * 32 * 128 + 128 + 32), "Houlsby"),
     ("check_pfeiffer_parameter_count", 4 * (2 * 32 * 128 + 128 + 32) + 2 * 128 * 9, "layer norms"),

@@ -1,26 +1,41 @@
-"""Build the teacher and student editions of the course from its one source, the learner's edition.
+"""Build the teacher and student editions of the course from its one source, the learner's edition, and an
+nbgrader course directory from the teacher edition.
 
     python tools/build_editions.py teacher                      # every notebooks/NN_*.ipynb -> build/teacher/
     python tools/build_editions.py student                      # -> build/student/
     python tools/build_editions.py student notebooks/01_meet_the_base_model.ipynb --out /tmp/student
     python tools/build_editions.py student --colab-ref student  # badges open the notebooks of branch `student`
+    python tools/build_editions.py course                       # -> build/course/ (nbgrader; docs/GRADING.md)
+    python tools/build_editions.py course notebooks/00_*.ipynb notebooks/07_*.ipynb --assignment week1
 
 The notebooks in `notebooks/` are the learner's edition, the one the README, Binder and Colab open. Each graded
 exercise is a code cell whose answer is a stub: a `# YOUR CODE HERE` line followed by `name = None` (or, in a
-function, `return None`) at the same indentation. Its reference solution sits folded in the markdown cell right
-after it: a `<details>` block whose summary starts with "Solution" and which holds one ```python block per stub,
-in order (a function's solution is its body). From that one source:
+function, `return None`) at the same indentation, and a `_ = check_...(answer)` line. Its reference solution
+sits folded in the markdown cell right after it: a `<details>` block whose summary starts with "Solution" and
+which holds one ```python block per stub, in order (a function's solution is its body). From that one source:
 
-- teacher: every stub replaced by its solution between nbgrader's markers, at the stub's indentation,
+- teacher: every stub's comment replaced by its solution between nbgrader's markers, at the stub's indentation,
+  the rest of the stub kept where nbgrader leaves it: a value's `name = None` before the markers, a function's
+  `return None` after them,
 
+      always_austen = None
       ### BEGIN SOLUTION
       always_austen = 1 / 3
       ### END SOLUTION
 
-  each exercise cell marked as an nbgrader solution cell (so nbgrader's `ClearSolutions` accepts the notebook
-  as an assignment source), the folded solution cells removed, outputs cleared.
+  With `ClearSolutions.code_stub` set to `# YOUR CODE HERE` (the nbgrader_config.py written next to the edition),
+  `nbgrader generate_assignment` turns this back into an exercise that starts as None, or a function that still
+  returns None, so the released notebook runs top to bottom unanswered and each check says "not answered yet"
+  or "not written yet" (nbgrader's default stub raises NotImplementedError instead). Each exercise cell is an
+  nbgrader solution cell, and right after it comes a locked autograder cell worth POINTS (1 for a value, 2 for a
+  function) that asserts the same check while nbgrader grades or validates (NBGRADER_EXECUTION is set), and
+  stays quiet while the student works, so Run All never stops there. A function check marked `fresh_inputs`
+  also runs on inputs drawn afresh, between nbgrader's hidden-test markers. Folded solutions removed, outputs
+  cleared.
 - student: the learner's edition without the folded solutions (for a class where solutions come later),
   outputs cleared.
+- course: an nbgrader course directory: nbgrader_config.py and source/<assignment>/ with the teacher edition of
+  each notebook (one assignment per notebook, named after it, or all in `--assignment`).
 
 Both editions drop the nbval output tags (there are no outputs left to compare) and the saved widget state, and
 replace the Colab / Binder badges, which open the learner's edition in the repository, by a note (or point them
@@ -48,6 +63,22 @@ STUB_BODY = re.compile(r"^[ \t]*(?:return None|[A-Za-z_]\w* = None|pass)[ \t]*$"
 SOLUTION_CELL = re.compile(r"^<details>\s*<summary>(?:<b>)?Solution\b")
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)\n```[ \t]*$", re.S | re.M)
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+CHECK_LINE = re.compile(r"^_ = (?P<check>check_\w+)\((?P<answer>[A-Za-z_]\w*)\)[ \t]*$", re.M)
+POINTS = {"value": 1, "function": 2}  # an autograder cell's points: a value to give, a function to write
+FRESH_SEEDS = (1, 2)  # the hidden tests' fresh inputs (lora_teach.exercises.core.fresh_inputs)
+NBGRADER_CONFIG = """\
+# nbgrader's configuration for the lora-teach course (written by tools/build_editions.py; docs/GRADING.md).
+c = get_config()  # noqa: F821 (nbgrader provides it)
+
+# The released exercises start as `name = None`, or a function that still returns None, and their checks say
+# "not answered yet" or "not written yet": nbgrader's default stub, `raise NotImplementedError()`, would stop
+# Run All at the first exercise instead.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE"}
+
+# A course notebook runs in under a minute on two cores; nbgrader's default is 30 s per cell.
+c.Execute.timeout = 600
+"""
 NBVAL_TAG = "nbval-check-output"
 FOLDED = re.compile(r"\s*Each solution is folded\s+under its exercise:\s+try first,\s+then click\s+\*\*Solution\*\*"
                     r"(?:\s+to compare)?\.")
@@ -164,13 +195,55 @@ def check_pairing(source: str, solutions: list[str]) -> None:
 
 
 def teacher_source(source: str, solutions: list[str]) -> str:
-    """`source` with each stub replaced by its solution between nbgrader's markers, at the stub's indentation."""
+    """`source` with each stub's comment replaced by its solution between nbgrader's markers, at the stub's
+    indentation; a value's `name = None` lines stay before the markers, a function's `return None` (or `pass`)
+    after them: where nbgrader's ClearSolutions, with the code stub `# YOUR CODE HERE`, gives the stub back."""
     check_pairing(source, solutions)
     lines = source.split("\n")
     for (start, end, indent), solution in reversed(list(zip(stub_regions(source), solutions, strict=True))):
         body = [f"{indent}{line}" if line.strip() else "" for line in solution.strip("\n").split("\n")]
-        lines[start:end] = [f"{indent}{BEGIN}", *body, f"{indent}{END}"]
+        kept = lines[start + 1:end]  # the stub below its `# YOUR CODE HERE` line
+        before = [line for line in kept if line.strip() not in ("return None", "pass")]
+        after = [line for line in kept if line.strip() in ("return None", "pass")]
+        lines[start:end] = [*before, f"{indent}{BEGIN}", *body, f"{indent}{END}", *after]
     return "\n".join(lines)
+
+
+def graded_cell(check: str, answer: str, kind: str, grade_id: str, fresh: bool) -> nbformat.NotebookNode:
+    """The locked autograder cell after an exercise: `POINTS[kind]` points, the exercise's own check asserted while
+    nbgrader grades or validates, with hidden tests on fresh inputs when `fresh` (a function check that takes
+    them). Outside nbgrader the cell does nothing, so Run All goes on past an unanswered exercise."""
+    points = POINTS[kind]
+    lines = [f"# Graded, {points} point{'s' if points > 1 else ''}. While you work, the line under your answer tells "
+             "you where",
+             "# you stand; when your notebook is graded, this cell runs the same check again.",
+             "import os",
+             "",
+             f"from lora_teach.exercises import {check}",
+             "",
+             'if os.environ.get("NBGRADER_EXECUTION"):  # set while nbgrader grades or validates the notebook',
+             f"    assert {check}({answer}), \"`{answer}` is not right yet: run its exercise cell to see why\""]
+    if fresh:
+        lines += [f"    {HIDDEN_BEGIN}",
+                  "    from lora_teach.exercises.core import fresh_inputs",
+                  "",
+                  f"    for seed in {FRESH_SEEDS}:  # the same check, on inputs of the same shapes drawn afresh",
+                  "        with fresh_inputs(seed):",
+                  f"            assert {check}({answer}), f\"`{answer}` fails on fresh inputs (seed {{seed}})\"",
+                  f"    {HIDDEN_END}"]
+    cell = nbformat.v4.new_code_cell("\n".join(lines))
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": grade_id, "locked": True, "points": points,
+                                 "schema_version": 3, "solution": False, "task": False}
+    return cell
+
+
+def _takes_fresh_inputs(check: str) -> bool:
+    from lora_teach import exercises
+
+    found = getattr(exercises, check, None)
+    if found is None:
+        raise EditionError(f"`{check}` is not a check of lora_teach.exercises")
+    return bool(getattr(found, "fresh_inputs", False))
 
 
 # ------------------------------------------------------------------------------------------- one notebook
@@ -191,26 +264,36 @@ def exercises(nb) -> list[tuple[int, int]]:
 def edition(nb, which: str, *, stem: str = "exercise",
             badge_line: str | None = None) -> tuple[nbformat.NotebookNode, int]:
     """(the `which` edition, "teacher" or "student", of learner notebook `nb`; the number of exercises).
-    `nb` is unchanged. nbgrader's grade ids are `<stem>-1`, `<stem>-2`, ... (stem: the notebook's number).
+    `nb` is unchanged. nbgrader's grade ids are `<stem>-1`, `<stem>-2`, ... for the exercise cells and
+    `<stem>-1-graded`, ... for the graded cells the teacher edition adds after them (stem: the notebook's number).
     `badge_line` replaces the title's badges; None puts the edition's note there."""
     if which not in NOTES:
         raise ValueError(f"edition must be one of {sorted(NOTES)}, got {which!r}")
     pairs = exercises(nb)  # refuses a notebook whose exercises do not pair up, before anything is built
     nb = copy.deepcopy(nb)
-    drop = set()
+    drop, graded = set(), {}
     for number, (code, folded) in enumerate(pairs, start=1):
         solutions = solutions_of(nb.cells[folded].source)
+        source = nb.cells[code].source
         try:
-            check_pairing(nb.cells[code].source, solutions)
+            check_pairing(source, solutions)
             if which == "teacher":
-                nb.cells[code].source = teacher_source(nb.cells[code].source, solutions)
+                calls = CHECK_LINE.findall(source)
+                if len(calls) != 1:
+                    raise EditionError(f"one `_ = check_...(answer)` line per exercise, found {len(calls)}")
+                (check, answer), = calls
+                kind = "function" if any(line.strip() == "return None" for line in source.split("\n")) else "value"
+                nb.cells[code].source = teacher_source(source, solutions)
                 nb.cells[code].metadata["nbgrader"] = {
                     "grade": False, "grade_id": f"{stem}-{number}", "locked": False, "schema_version": 3,
                     "solution": True, "task": False}
+                graded[code] = graded_cell(check, answer, kind, f"{stem}-{number}-graded",
+                                           kind == "function" and _takes_fresh_inputs(check))
         except EditionError as err:
             raise EditionError(f"cell {code}: {err}") from None
         drop.add(folded)
-    nb.cells = [cell for i, cell in enumerate(nb.cells) if i not in drop]
+    nb.cells = [new for i, cell in enumerate(nb.cells) if i not in drop
+                for new in ([cell, graded[i]] if i in graded else [cell])]
     for cell in nb.cells:
         if cell.cell_type == "code":
             tags = [t for t in cell.metadata.get("tags", []) if t != NBVAL_TAG]  # no outputs left to compare
@@ -229,27 +312,46 @@ def edition(nb, which: str, *, stem: str = "exercise",
     return nb, len(pairs)
 
 
+ASSIGNMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("edition", choices=sorted(NOTES))
+    ap.add_argument("edition", choices=[*sorted(NOTES), "course"])
     ap.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     ap.add_argument("--out", type=Path, help="default: build/<edition>/")
     ap.add_argument("--colab-ref", help="branch or tag where this edition is published, for its badges")
+    ap.add_argument("--assignment", help="course only: one nbgrader assignment (this name) for all the notebooks; "
+                                         "default: one per notebook, named after it")
     args = ap.parse_args(argv)
+    if args.assignment is not None and (args.edition != "course" or not ASSIGNMENT.match(args.assignment)):
+        ap.error(f"--assignment goes with `course` and is a name of letters, digits, '.', '_' and '-' (not starting "
+                 f"with a punctuation mark), got {args.assignment!r} with {args.edition!r}")
     paths = args.notebooks or course_notebooks()
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        ap.error(f"no such notebook: {', '.join(missing)}")
     out = args.out or ROOT / "build" / args.edition
     name, url = project_metadata(ROOT / "pyproject.toml")
-    out.mkdir(parents=True, exist_ok=True)
-    for path in paths:
+    built = []
+    for path in paths:  # every notebook is built before anything is written
         learner = nbformat.read(path, as_version=4)
         line = badges(url, f"notebooks/{path.name}", args.colab_ref) if args.colab_ref else None
         try:
-            nb, n = edition(learner, args.edition, stem=f"nb{path.stem[:2]}", badge_line=line)
+            nb, n = edition(learner, "teacher" if args.edition == "course" else args.edition,
+                            stem=f"nb{path.stem[:2]}", badge_line=line)
         except EditionError as err:
             print(f"{path}: {err}", file=sys.stderr)
             return 1
-        nbformat.write(nb, out / path.name)
-        print(f"{path.name}: {n} exercise(s) -> {out / path.name}")
+        folder = out / "source" / (args.assignment or path.stem) if args.edition == "course" else out
+        built.append((path, nb, n, folder / path.name))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.edition != "student":  # nbgrader reads it from the course directory it runs in
+        (out / "nbgrader_config.py").write_text(NBGRADER_CONFIG, encoding="utf-8")
+    for path, nb, n, target in built:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, target)
+        print(f"{path.name}: {n} exercise(s) -> {target}")
     return 0
 
 

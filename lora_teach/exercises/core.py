@@ -7,14 +7,19 @@ raises: a wrong type, a wrong shape, or an exception inside the learner's own fu
 
 A new exercise is usually one call of `check_number`, `check_choice` or `check_function` (docs/WORKSHOP.md),
 decorated with its `right_answer`: the one place the answer is written, for the check, the tests and the teacher.
+
+Graded with nbgrader (docs/GRADING.md), a function exercise marked `right_answer(..., fresh_inputs=True)` is also
+checked inside `with fresh_inputs(seed):`, on inputs of the same shapes drawn afresh: the hidden tests of the
+teacher edition, which a function that only fits the cases the check shows does not pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -23,14 +28,70 @@ __all__ = ["check_choice", "check_function", "check_number"]
 PASS, FAIL, WAITING = "✓", "✗", "…"
 
 
-def right_answer(answer: Callable[[], object]) -> Callable:
+def right_answer(answer: Callable[[], object], *, fresh_inputs: bool = False) -> Callable:
     """Decorator: `check.right_answer()` returns the check's right answer, computed when asked: the value or letter
-    to give, or, for a function exercise, the solution function (the code its notebook folds under it)."""
+    to give, or, for a function exercise, the solution function (the code its notebook folds under it).
+    `fresh_inputs=True`: the check draws its inputs anew inside `with fresh_inputs(seed):` (`check.fresh_inputs`),
+    so the teacher edition gives it hidden tests."""
     def attach(check):
         check.right_answer = answer
+        check.fresh_inputs = fresh_inputs
         return check
 
     return attach
+
+
+_FRESH: dict[str, int | None] = {"seed": None, "drawn": 0}  # the active fresh_inputs seed; tensors drawn under it
+
+
+@contextlib.contextmanager
+def fresh_inputs(seed: int) -> Iterator[None]:
+    """Within this block, function checks call the learner's function on inputs drawn afresh from a private stream
+    seeded by `seed` (1, 2, ...), with the shapes and types of the cases they show: floating-point tensors from a
+    normal distribution, byte tensors uniformly, the tensors inside dicts, lists and tuples too; numbers, strings
+    and modules stay as they are. The learner's own random numbers are left alone."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
+        raise ValueError(f"seed must be a whole number >= 1 (0 is the cases the check shows), got {seed!r}")
+    previous = _FRESH["seed"]
+    _FRESH["seed"] = seed
+    try:
+        yield
+    finally:
+        _FRESH["seed"] = previous
+
+
+def _generator(seed: int) -> torch.Generator:
+    """A private random stream for a check's cases: seeded by `seed`, or anew inside `fresh_inputs`."""
+    fresh = _FRESH["seed"]
+    if fresh is None:
+        return torch.Generator().manual_seed(seed)
+    _FRESH["drawn"] += 1
+    return torch.Generator().manual_seed(1_000_003 * fresh + seed)
+
+
+def _redraw(value, g: torch.Generator):
+    """`value` with its tensors drawn afresh from `g` (same shapes and dtypes), inside containers too."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            _FRESH["drawn"] += 1
+            return torch.randn(value.shape, generator=g, dtype=value.dtype)
+        if value.dtype == torch.uint8:
+            _FRESH["drawn"] += 1
+            return torch.randint(0, 256, value.shape, generator=g, dtype=torch.uint8)
+        return value
+    if isinstance(value, dict):
+        return {k: _redraw(v, g) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not isinstance(value, str):
+        return type(value)(_redraw(v, g) for v in value)
+    return value
+
+
+def _fresh_cases(cases: Sequence[tuple]) -> Sequence[tuple]:
+    """The cases as shown, or, inside `fresh_inputs`, the same cases with their tensors drawn afresh."""
+    if _FRESH["seed"] is None:
+        return cases
+    g = torch.Generator().manual_seed(1_000_003 * _FRESH["seed"])
+    return [tuple(_redraw(arg, g) for arg in case) for case in cases]
 
 
 def _passed(message: str) -> bool:
@@ -190,7 +251,7 @@ def check_function(fn, *, name: str, cases: Sequence[tuple], reference: Callable
         return _missing(name, hint)
     if not callable(fn):
         return _failed(f"`{name}` should be a function, got {_describe(fn)}.", hint)
-    for case in cases:
+    for case in _fresh_cases(cases):
         call = _format_call(name, case, arg_names)
         expected = reference(*case)  # before the student's code runs, in case it changes a shared object
         args = _clone(case)

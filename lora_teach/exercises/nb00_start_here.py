@@ -16,7 +16,8 @@ def check_weights_megabytes(answer) -> bool:
     expected = check_weights_megabytes.right_answer()
     return check_number(
         answer, expected, name="weights_mb", rel_tol=0.02,
-        hint="parameters × bytes per parameter, then divide by 10^6; an fp32 number takes 4 bytes.",
+        hint="how many numbers does the model hold (printed above), and how many bytes does one fp32 number "
+             "take? Mind the unit: a MB here is 10^6 bytes.",
         explanation=f"{n:,} parameters × 4 bytes = {4 * n:,} bytes ≈ {expected:.2f} MB, "
                     "the size of the weights file the package ships.",
         mistakes=[(n / 1e6, "that is one byte per parameter; an fp32 number takes 4 bytes."),
@@ -31,7 +32,7 @@ def linear_by_hand(x, weight, bias):
     return x @ weight.T + bias  # weight is (out, in): its transpose maps the last axis of x
 
 
-@right_answer(lambda: linear_by_hand)
+@right_answer(lambda: linear_by_hand, fresh_inputs=True)
 def check_linear_by_hand(fn) -> bool:
     """00: linear_by_hand(x, weight, bias) computes what nn.Linear computes, from the weight it stores (out, in)."""
     g = torch.Generator().manual_seed(0)  # a private stream: the learner's random numbers are left alone
@@ -47,7 +48,8 @@ def check_linear_by_hand(fn) -> bool:
         x, weight, bias = case
         if isinstance(got, RuntimeError):  # the shapes did not fit: most often x @ weight
             return ("`weight` is stored (out_features, in_features) and `x` has in_features on its last axis: "
-                    "multiply `x` by the transpose, `x @ weight.T`; that works for any number of axes in front.")
+                    "the product needs the weight's in_features axis to meet that last axis. Which operation "
+                    "swaps the weight's two axes? It works for any number of axes in front of x's last.")
         if isinstance(got, Exception):
             return None
         return _first_match(got, [(x @ weight.T, "the bias is missing: nn.Linear adds `bias` after the product."),
@@ -56,7 +58,8 @@ def check_linear_by_hand(fn) -> bool:
     return check_function(
         fn, name="linear_by_hand", arg_names=["x", "weight", "bias"], cases=cases, reference=reference,
         diagnose=mistakes,
-        hint="nn.Linear computes y = x @ W.T + b, with W stored (out_features, in_features).",
+        hint="compare `weight.shape` with `x.shape`: which axis of the weight has to meet the last axis of x in a "
+             "matrix product? nn.Linear also adds its bias.",
         explanation="x @ weight.T + bias: the weight is stored (out, in), so its transpose maps the last axis of x "
                     "(in_features) to out_features, whatever the axes in front (batch, time). LoRA's A (r, in) and "
                     "B (out, r) are stored the same way, which is why notebook 08 writes its update x @ A.T @ B.T.")

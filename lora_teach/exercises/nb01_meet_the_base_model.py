@@ -76,8 +76,8 @@ def check_block_parameters(fn) -> bool:
     return check_function(
         fn, name="block_parameters", arg_names=["d"], cases=[(8,), (16,), (128,)], reference=_block_reference,
         diagnose=_block_mistakes,
-        hint="add up: ln_1 and ln_2 (weight and bias, d each), q/k/v/o_proj (d×d weight + d bias each), "
-             "up_proj (d×4d + 4d) and down_proj (4d×d + d).",
+        hint="go through the block layer by layer, as the exercise lists them: a Linear(a, b) keeps a·b weights "
+             "and b biases. Which layers are d → d, and which go to or come from the MLP's 4d?",
         explanation=f"12·d² + 13·d. At d = {d}: {right:,} per block, and the 4 blocks hold {4 * right:,} of the "
                     f"base model's {_base_parameters():,} parameters; the rest are the embeddings, the final "
                     "layer norm and the output head.")
@@ -100,8 +100,8 @@ def check_frozen_mlp_share(answer) -> bool:
     expected = check_frozen_mlp_share.right_answer()
     return check_number(
         answer, expected, name="still_trains", rel_tol=0.02,
-        hint="add the up_proj and down_proj rows of the budget table, subtract that from the total, and divide "
-             "by the total.",
+        hint="which rows of the budget table belong to the MLP? The share that still trains is what the other rows "
+             "hold, as a fraction of the whole model.",
         explanation=f"{expected:.3f}: up_proj and down_proj hold {mlp:,} of the {total:,} parameters "
                     f"({mlp / total:.1%}), so {expected:.1%} still trains. Full fine-tuning changes every "
                     "parameter, and most of what it changes sits in the MLP.",

@@ -22,7 +22,8 @@ def check_adamw_memory_gb(answer) -> bool:
     n = 125e6
     return check_number(
         answer, check_adamw_memory_gb.right_answer(), name="adamw_gb", rel_tol=0.01,
-        hint="per parameter: the weight, its gradient and Adam's two moments, 4 bytes each in fp32.",
+        hint="list what training with AdamW keeps for every parameter (the weight itself, what backward adds, what "
+             "the optimizer remembers between steps) and the bytes each takes in fp32.",
         explanation="125e6 × 16 bytes = 2.0 GB before activations: 4 for the weight, 4 for its gradient, 8 for "
                     "Adam's two moments.",
         mistakes=[(4 * n / 1e9, "that counts only the weights; the gradients and Adam's two moments come on top."),
@@ -76,8 +77,8 @@ def training_bytes(model):
 def check_training_bytes(fn) -> bool:
     """02: training_bytes(model) = bytes of weights (all) + gradients and AdamW moments (trainable only), fp32."""
     name = "training_bytes"
-    hint = ("weights: 4 bytes × every parameter; gradient and two Adam moments: 4 + 8 bytes × each parameter "
-            "with p.requires_grad.")
+    hint = ("which of those numbers does a frozen parameter still need in memory, and which only a parameter "
+            "that trains (p.requires_grad)? Count the two groups separately.")
     models = _small_models() if callable(fn) else []
     flags = [[p.requires_grad for p in m.parameters()] for (m,) in models]
     ok = check_function(

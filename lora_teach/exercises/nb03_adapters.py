@@ -65,7 +65,7 @@ def bottleneck_adapter(x, W_down, b_down, W_up, b_up):
     return x + h @ W_up.T + b_up  # (..., d): back up, plus the skip connection
 
 
-@right_answer(lambda: bottleneck_adapter)
+@right_answer(lambda: bottleneck_adapter, fresh_inputs=True)
 def check_bottleneck_adapter(fn) -> bool:
     """Adapters: bottleneck_adapter(x, W_down, b_down, W_up, b_up) = x + W_up gelu(W_down x + b_down) + b_up,
     compared with lora_teach.adapters.Adapter on random inputs of several sizes."""
@@ -73,8 +73,8 @@ def check_bottleneck_adapter(fn) -> bool:
     return check_function(
         fn, name="bottleneck_adapter", arg_names=["x", "W_down", "b_down", "W_up", "b_up"], cases=cases,
         reference=_bottleneck_reference, diagnose=_bottleneck_mistakes,
-        hint="h = F.gelu(x @ W_down.T + b_down) has m features; return x + h @ W_up.T + b_up. W_down is (m, d), "
-             "W_up is (d, m).",
+        hint="follow x through the adapter: down to m features, the nonlinearity, back up to d, and do not forget "
+             "the skip connection. W_down (m, d) and W_up (d, m) are stored like nn.Linear's weights.",
         explanation="x + W_up·GELU(W_down x + b_down) + b_up, the same function as lora_teach.adapters.Adapter on "
                     "every random case, with any leading batch shape.")
 
@@ -137,8 +137,9 @@ def check_largest_bottleneck(fn) -> bool:
     return check_function(
         fn, name="largest_bottleneck", arg_names=["d", "n_layer", "per_block", "budget"],
         cases=LARGEST_BOTTLENECK_CASES, reference=largest_bottleneck, diagnose=_largest_bottleneck_mistakes,
-        hint="the adapters have per_block · n_layer · (2·m·d + d + m) parameters; find the largest whole m for which "
-             "that is ≤ budget (a loop that tries m = 1, 2, ... works), and 0 if m = 1 is already too many.",
+        hint="write the parameter count of all the adapters as a function of m first (each is two Linear layers with "
+             "biases, d → m → d), then find the largest m that stays within the budget (trying m = 1, 2, ... "
+             "works); 0 if m = 1 is already too many.",
         explanation=f"Within 1 % of our base model (8,345 parameters, layer norms frozen) Houlsby placement affords "
                     f"m = {ours} ({_adapters_size(128, 4, 2, ours):,} parameters) and Pfeiffer placement m = "
                     f"{pfeiffer} ({_adapters_size(128, 4, 1, pfeiffer):,}): halving the number of adapters more "
@@ -161,7 +162,8 @@ def check_pfeiffer_parameter_count(answer) -> bool:
     layer_norms = 2 * d * (2 * n_layer + 1)
     return check_number(
         answer, expected, name="pfeiffer_m32", rel_tol=1e-6,
-        hint="one adapter per block (after the MLP), each 2·m·d + d + m; the layer norms are frozen here.",
+        hint="count one adapter's parameters (two Linear layers with biases, d → m → d), then how many adapters "
+             "Pfeiffer placement puts in each block; the layer norms are frozen here.",
         explanation=f"{n_layer} × (2·{m}·{d} + {d} + {m}) = {n_layer} × {one:,} = {expected:,}, between the "
                     "table's 16,960 (m = 16) and 66,304 (m = 64): the count grows almost linearly in m. Check it: "
                     "count_parameters(add_adapters(copy.deepcopy(base), 32, 'pfeiffer', train_layer_norms=False)).",

@@ -57,8 +57,8 @@ def check_prefix_kept_numbers(fn) -> bool:
     return check_function(
         fn, name="prefix_kept_numbers", arg_names=["n_layer", "prefix_len", "d", "n_head", "n_kv_head"],
         cases=PREFIX_KEPT_CASES, reference=prefix_kept_numbers, diagnose=mistakes,
-        hint="per layer and per prefix slot, one key and one value, each as wide as the layer's keys: n_kv_head "
-             "heads of d_h = d // n_head numbers.",
+        hint="what does one layer keep for one prefix slot, and how wide is it? A key is as wide as the layer's own "
+             "keys: how many key heads does the layer have, and how wide is one head?",
         explanation=f"2·L·P·n_kv_head·d_h: the prefix must have the shape of the layer's own keys and values. With "
                     f"n_kv_head = n_head this is our 2·L·P·d; a model of Llama 2 70B's shape ({n_layer} layers, "
                     f"d = {d:,}, {n_head} query heads sharing {n_kv_head} key/value heads) keeps {big:,} numbers "
@@ -99,15 +99,15 @@ def _prefix_attention_mistakes(case, got):
         @ torch.cat([prefix_v.expand(B, -1, -1), v], 1)
     return _first_match(got, [
         (_prefix_attention_variant(*case, causal_prefix=True),
-         f"every position must see all {P} prefix slots: the causal mask is (T, P+T) lower-triangular shifted by "
-         "P, e.g. torch.ones(T, P + T).tril(diagonal=P)."),
+         f"every position must see all {P} prefix slots: over the P + T keys, the causal mask has to be shifted "
+         "by P so that the prefix columns stay visible to every position."),
         (no_mask, "positions must not see the future: mask the scores of later tokens with -inf before softmax."),
         (_prefix_attention_variant(*case, scale=False), "divide the scores by sqrt(C) before the softmax."),
         (_prefix_attention_variant(*case, append=True), "the prefix goes in front of the keys and values."),
     ])
 
 
-@right_answer(lambda: prefix_attention)
+@right_answer(lambda: prefix_attention, fresh_inputs=True)
 def check_prefix_attention(fn) -> bool:
     """Prefix tuning: prefix_attention(q, k, v, prefix_k, prefix_v) for one head, q/k/v (B, T, C), prefix (P, C)."""
     g = torch.Generator().manual_seed(0)
@@ -120,8 +120,9 @@ def check_prefix_attention(fn) -> bool:
     return check_function(
         fn, name="prefix_attention", arg_names=["q", "k", "v", "prefix_k", "prefix_v"], cases=cases,
         reference=prefix_attention, diagnose=_prefix_attention_mistakes,
-        hint="keys = [prefix_k; k] and values = [prefix_v; v] along time (expand the prefix to the batch); "
-             "scores = q @ keys^T / sqrt(C); every position sees all prefix slots and the past, never the future.",
+        hint="put the prefix's keys and values in front of the layer's own along time (a copy for every sequence of "
+             "the batch), then attend as usual: scaled scores, softmax, values. The causal mask must let every "
+             "position see all the prefix slots.",
         explanation="The prefix adds P keys and values at this layer that every position attends to; no token "
                     "is added to the input, and the output keeps the input's shape (B, T, C).")
 
@@ -146,8 +147,8 @@ def check_prefix_training_parameters(answer) -> bool:
     at_10 = _prefix_training_reference(d, n_layer, 10, hidden)
     return check_number(
         answer, expected, name="trainable_p20", rel_tol=1e-6,
-        hint="during training the parameters are P′ (P × d) and the MLP: Linear(d, h) and Linear(h, 2·L·d), "
-             "both with biases.",
+        hint="during training the prefix itself is not a parameter: what trains is the smaller matrix P′ and the "
+             "MLP that maps it to every layer's keys and values. Count both, biases included.",
         explanation=f"{prefix_len}·{d} = {prefix_len * d:,} for P′ plus {mlp:,} for the MLP = {expected:,}, only "
                     f"{expected - at_10:,} more than at P = 10 ({at_10:,}): the MLP maps every row of P′ with the "
                     f"same weights, so its size does not depend on P. After freeze_prefix() the task keeps "

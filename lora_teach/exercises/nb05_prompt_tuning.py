@@ -22,14 +22,14 @@ def prepend(virtual, x):
 def _prepend_mistakes(case, got):
     virtual, x = case
     if isinstance(got, Exception):
-        return ("expand the (P, C) tensor to (B, P, C) first, e.g. `virtual.expand(x.shape[0], -1, -1)`, "
-                "then torch.cat along dim 1 (time).") if "dimension" in str(got) or "size" in str(got) else None
+        return ("expand the (P, C) tensor to a batch axis of size B first (no copy needed), then join it to x "
+                "along time.") if "dimension" in str(got) or "size" in str(got) else None
     return _first_match(got, [
         (torch.cat([x, virtual.expand(x.shape[0], -1, -1)], dim=1),
          "the virtual tokens go in front of the sequence (positions 0..P-1), not after it.")])
 
 
-@right_answer(lambda: prepend)
+@right_answer(lambda: prepend, fresh_inputs=True)
 def check_prepend_virtual_tokens(fn) -> bool:
     """Prompt tuning / prefix: prepend(virtual (P, C), x (B, T, C)) -> (B, P + T, C), the same P rows for every b."""
     g = torch.Generator().manual_seed(0)
@@ -41,7 +41,8 @@ def check_prepend_virtual_tokens(fn) -> bool:
     return check_function(
         fn, name="prepend", arg_names=["virtual", "x"], cases=cases, reference=prepend,
         diagnose=_prepend_mistakes,
-        hint="expand `virtual` to (B, P, C) and concatenate it in front of x along the time dimension (dim 1).",
+        hint="every sequence of the batch needs its own copy of the P vectors in front of it: which axis of x is "
+             "time, and what shape must `virtual` have before it can be joined to x?",
         explanation="Every sequence in the batch gets the same P vectors in front of it, along the time axis.")
 
 
@@ -52,7 +53,7 @@ def check_t5_prompt_numbers(answer) -> bool:
     expected = check_t5_prompt_numbers.right_answer()
     return check_number(
         answer, expected, name="t5_prompt_numbers",
-        hint="a soft prompt is one (n_tokens, d) tensor at the input, and nothing else trains.",
+        hint="a soft prompt trains one tensor at the input and nothing else: what is its shape at T5-XXL's width?",
         explanation=f"{n_tokens} × {d:,} = {expected:,} numbers, about 4·10⁻⁵ of T5-XXL's 11 billion parameters "
                     "(0.004 %). Ours is 20 × 128 = 2,560, 0.3 % of the model: the fraction is tiny only when d is "
                     "small next to the model's size, one more way in which prompt tuning is a method for large models.",

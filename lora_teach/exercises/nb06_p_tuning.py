@@ -18,8 +18,8 @@ def check_spliced_logit_position(answer) -> bool:
     expected = check_spliced_logit_position.right_answer()
     return check_number(
         answer, expected, name="last_char_position", rel_tol=0,
-        hint="the passage's character i sits at position 12 + i of the spliced sequence, and the logits that "
-             "predict a real token are read at the position just before it.",
+        hint="find where the passage's last character sits in the spliced sequence (count what the template puts "
+             "in front of the passage); the logits that predict a token are read one position before it.",
         explanation=f"The passage fills positions {before} to {before + passage - 1}; its last character "
                     f"(character {passage - 1}) sits at {before + passage - 1}, so the logits that predict it are "
                     f"read one position earlier, at {expected}, on the character before it. Only where a group of "
@@ -42,8 +42,7 @@ def check_p_tuning_kept_numbers(answer) -> bool:
     expected = check_p_tuning_kept_numbers.right_answer()
     return check_number(
         answer, expected, name="kept_numbers",
-        hint="after training the encoder runs once; its output, one vector of d numbers per virtual token, is all "
-             "that is stored.",
+        hint="after training, is the encoder still needed? Count only what it leaves behind for inference.",
         explanation=f"{n_virtual} × {d} = {expected:,}, exactly what a {n_virtual}-token soft prompt would keep: "
                     "after drop_encoder() P-tuning costs nothing more at inference than prompt tuning, whatever "
                     "encoder trained it and wherever the template puts the tokens.",

@@ -12,6 +12,7 @@ from .core import (
     _failed,
     _first_match,
     _format_call,
+    _generator,
     _is_stub,
     _missing,
     _not_written,
@@ -30,8 +31,8 @@ def check_break_even_rank(answer) -> bool:
     expected = check_break_even_rank.right_answer()
     return check_number(
         answer, expected, name="break_even_rank", rel_tol=1e-9,
-        hint="the factors hold r · (512 + 128) numbers and the matrix 512 · 128 = 65,536: find the largest whole r "
-             "for which the first is smaller.",
+        hint="count the numbers B and A hold at rank r, and the numbers up_proj holds; find the largest whole r for "
+             "which the factors are still fewer.",
         explanation=f"{expected} · 640 = {expected * (m + n):,} < 65,536, while {expected + 1} · 640 = "
                     f"{(expected + 1) * (m + n):,} is already more. The break-even is m·n / (m + n), half the side "
                     "of a square matrix; LoRA's usual r of 1 to 64 stays far below it, where the factors are small.",
@@ -56,8 +57,8 @@ def low_rank_factors(M, r):
 def _low_rank_factor_mistakes(M: torch.Tensor, r: int, product: torch.Tensor) -> str | None:
     U, S, Vh = torch.linalg.svd(M, full_matrices=False)
     candidates = [
-        (U[:, :r] @ Vh[:r], "the singular values are missing: B A must include diag(S[:r]) once, e.g. "
-                            "B = U[:, :r] * S[:r]."),
+        (U[:, :r] @ Vh[:r], "the singular values are missing: B A must include the r largest singular values "
+                            "once, in B or in A."),
         (U[:, :r] @ torch.diag(S[:r] ** 2) @ Vh[:r], "the singular values are in twice: put S[:r] into B or into A "
                                                       "(or its square root into both), not S into both."),
         (U[:, -r:] @ torch.diag(S[-r:]) @ Vh[-r:], "those are the r smallest directions: torch.linalg.svd sorts S "
@@ -70,17 +71,17 @@ def _low_rank_factor_mistakes(M: torch.Tensor, r: int, product: torch.Tensor) ->
     return _first_match(product, candidates)
 
 
-@right_answer(lambda: low_rank_factors)
+@right_answer(lambda: low_rank_factors, fresh_inputs=True)
 def check_low_rank_factors(fn) -> bool:
     """07: low_rank_factors(M, r) -> (B (m, r), A (r, n)) whose product B @ A is the best rank-r approximation of M."""
     name = "low_rank_factors"
-    hint = ("U, S, Vh = torch.linalg.svd(M, full_matrices=False); keep the first r of each: B = U[:, :r] * S[:r] "
-            "is (m, r) and A = Vh[:r] is (r, n).")
+    hint = ("Eckart–Young: the best rank-r approximation keeps the r largest singular directions. Take the SVD "
+            "of M (torch.linalg.svd, full_matrices=False) and split what you keep between B (m, r) and A (r, n).")
     if fn is None:
         return _missing(name, hint)
     if not callable(fn):
         return _failed(f"`{name}` should be a function, got {_describe(fn)}.", hint)
-    g = torch.Generator().manual_seed(7)
+    g = _generator(7)  # a private stream; drawn afresh inside fresh_inputs
     cases = [(torch.randn(6, 4, generator=g, dtype=torch.float64), 2),  # tall, wide and square
              (torch.randn(5, 8, generator=g, dtype=torch.float64), 3),
              (torch.randn(7, 7, generator=g, dtype=torch.float64), 1)]
@@ -128,8 +129,8 @@ def check_rank_one_error(answer) -> bool:
     expected = check_rank_one_error.right_answer()
     return check_number(
         answer, expected, name="rank_one_error", rel_tol=0.01,
-        hint="Eckart–Young: ||M - M_1||_F = sqrt(sum of the dropped sigma_i^2), and ||M||_F = sqrt(sum of all "
-             "sigma_i^2).",
+        hint="a Frobenius norm is the square root of a sum of squared singular values; Eckart–Young says which "
+             "singular values the error of the best rank-1 approximation is made of.",
         explanation=f"sqrt(4.1996²) / sqrt(5.6478² + 4.1996²) = 4.1996 / {norm:.4f} ≈ {expected:.3f}. Squared, "
                     f"{expected ** 2:.3f} is the share of the energy dropped: relative error = sqrt(1 - energy kept), "
                     "as the picture's 90.3% kept and 31.2% error showed above.",
@@ -164,8 +165,8 @@ def check_rank_8_weight_error(answer) -> bool:
     expected = check_rank_8_weight_error.right_answer()
     return check_number(
         answer, expected, name="weight_rank8_error", rel_tol=0.01,
-        hint="by Eckart-Young, ||M - M_r||_F² is the sum of the dropped σᵢ², so the relative error is the square root "
-             "of the share of the energy that is dropped.",
+        hint="by Eckart–Young, ||M - M_r||_F² is the sum of the σᵢ² that rank r drops; write the relative error with "
+             "the share of the energy that rank 8 keeps.",
         explanation=f"sqrt(1 - {kept:.3f}) ≈ {expected:.2f}: a rank-8 copy of W₀ is off by {100 * expected:.0f}% of "
                     "its norm, and no fine-tuning would start from that. LoRA never makes such a copy: it keeps W₀ "
                     "whole and frozen, and bets only that the change is close to low rank: the change measured "

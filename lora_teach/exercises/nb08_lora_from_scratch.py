@@ -45,7 +45,8 @@ def check_lora_parameter_count(fn) -> bool:
         fn, name="lora_parameters", arg_names=["in_features", "out_features", "r"],
         cases=[(128, 128, 8), (128, 512, 4), (512, 128, 1), (6, 10, 3)], reference=lora_parameters,
         diagnose=mistakes,
-        hint="A has shape (r, in_features) and B has shape (out_features, r).",
+        hint="what shapes must A and B have for B A to have the weight's shape (out_features, in_features) at rank "
+             "r? Count the numbers they hold.",
         explanation="r·(in + out): 2,048 for a 128×128 projection at r = 8, so r = 4 on q, k, v and o of our "
                     "4 blocks trains 16 · 1,024 = 16,384 numbers, and r = 4 on the 4 up_proj layers (128 → 512) "
                     "4 · 2,560 = 10,240.")
@@ -147,8 +148,9 @@ def check_lora_linear_forward(forward) -> bool:
     """08: forward(self, x), the forward pass of a LoRALinear (or a LoRALinear subclass with its own forward),
     gives the package's output: checked on random layers and inputs, merged and not, with dropout in training."""
     name = "lora_linear_forward"
-    hint = ("result = self.base_layer(x); if self.merged, return it; else add self.scaling['default'] * "
-            "(self.lora_dropout['default'](x) @ self.lora_A['default'].T @ self.lora_B['default'].T).")
+    hint = ("start from the frozen layer's output. A merged layer already holds the update; otherwise add the "
+            "low-rank branch: dropout on x, then A, then B (stored like nn.Linear's weights), times the layer's "
+            "scaling. The layer keeps its parts in dicts, under the adapter's name 'default'.")
     if forward is None:
         return _missing(name, hint)
     if isinstance(forward, type):
@@ -255,9 +257,9 @@ def add_lora_to_q_and_v(model, r, alpha):
 def check_lora_injection(fn) -> bool:
     """08: fn(model, r, alpha) wraps every q_proj and v_proj in LoRALinear and freezes the rest, like apply_lora."""
     name = "add_lora_to_q_and_v"
-    hint = ("model.requires_grad_(False); then for each (name, module) of list(model.named_modules()) whose name "
-            "ends in q_proj or v_proj: setattr(model.get_submodule(parent_name), child_name, LoRALinear(module, r, "
-            "alpha)); return model.")
+    hint = ("freeze the whole model first, then replace every q_proj and v_proj by a LoRALinear that wraps it: "
+            "walk over a list of model.named_modules() (the model changes as you go), find each layer's parent "
+            "module and set the new layer on it. Return the model.")
     if fn is None:
         return _missing(name, hint)
     if not callable(fn) or isinstance(fn, type):
@@ -316,7 +318,7 @@ def lora_merge(weight, lora_A, lora_B, alpha, r):
     return weight + (alpha / r) * (lora_B @ lora_A)
 
 
-@right_answer(lambda: lora_merge)
+@right_answer(lambda: lora_merge, fresh_inputs=True)
 def check_lora_merge(fn) -> bool:
     """LoRA: lora_merge(weight, lora_A, lora_B, alpha, r) -> a new tensor W + (alpha / r) B A, shape (out, in)."""
     cases = []
@@ -326,7 +328,8 @@ def check_lora_merge(fn) -> bool:
     return check_function(
         fn, name="lora_merge", arg_names=["weight", "lora_A", "lora_B", "alpha", "r"], cases=cases,
         reference=lora_merge, diagnose=_lora_merge_mistakes,
-        hint="the merged weight is weight + (alpha / r) * (lora_B @ lora_A): (out, r) @ (r, in) = (out, in).",
+        hint="merging adds the scaled update to the weight: what is LoRA's scaling, and in which order must the two "
+             "factors be multiplied to give the weight's shape (out, in)?",
         explanation="W + (alpha / r)·B A: one matrix again, so the merged layer costs no extra time at inference.")
 
 

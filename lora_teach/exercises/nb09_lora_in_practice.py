@@ -21,7 +21,8 @@ def check_rslora_scaling(answer) -> bool:
     expected = check_rslora_scaling.right_answer()
     return check_number(
         answer, expected, name="rslora_scaling", rel_tol=0.01,
-        hint="rsLoRA keeps alpha and divides by the square root of the rank: alpha / sqrt(r).",
+        hint="rsLoRA keeps alpha and changes only what LoRA's alpha / r divides by: the exercise says what instead "
+             "of r.",
         explanation=f"{alpha} / √{r} ≈ {expected:.3f}. Going from r = 16 (8 / 4 = 2) to r = 32 divides rsLoRA's "
                     "scaling by √2, while α / r halves it (0.5 → 0.25 in the sweep's α = 8 rows). Notebook 08 "
                     "measured why: the first update of B A grows about like √r, so α / √r keeps the update's "
@@ -71,8 +72,8 @@ def check_adapter_file_bytes(fn) -> bool:
     return check_function(
         fn, name="adapter_bytes", arg_names=["shapes", "r", "n_layer", "bytes_per_number"], cases=cases,
         reference=adapter_bytes, diagnose=_adapter_bytes_mistakes,
-        hint="for each targeted layer, A is (r, in_features) and B is (out_features, r); every block has them, "
-             "and each number takes bytes_per_number bytes.",
+        hint="count the numbers of A and B for each targeted layer (their shapes follow from the layer's sizes and "
+             "r), in every block, then the bytes each number takes.",
         explanation="n_layer · Σ r·(in + out) · bytes. For our r = 8 adapter on q and v that is 16,384 numbers × 4 "
                     "= 65,536 bytes (64.0 KiB): the 66.0 KiB printed for the two files is these tensors plus the "
                     "safetensors header and the JSON config. For GPT-3 at r = 4 in fp16 it is 37,748,736 bytes, "

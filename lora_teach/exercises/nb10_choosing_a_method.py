@@ -24,7 +24,8 @@ def check_lora_memory_fraction(answer) -> bool:
     expected = check_lora_memory_fraction.right_answer()
     return check_number(
         answer, expected, name="lora_memory_fraction", rel_tol=0.02,
-        hint="add the state and act columns of each row, then divide LoRA's total by full fine-tuning's.",
+        hint="a method's training memory is everything it keeps: which columns of the table make up its total? "
+             "Then compare LoRA's total with full fine-tuning's.",
         explanation=f"({LORA_STATE_MIB} + {LORA_ACT_MIB}) / ({FULL_STATE_MIB} + {FULL_ACT_MIB}) = {lora:.1f} / "
                     f"{full:.1f} MiB ≈ {expected:.2f}: LoRA trains 2% of the parameters but needs about 60% of the "
                     "memory here, because the activations, which every method keeps, dominate at this scale. At "

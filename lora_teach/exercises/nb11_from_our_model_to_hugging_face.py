@@ -141,8 +141,8 @@ def check_fused_qkv_params(answer) -> bool:
     expected = check_fused_qkv_params.right_answer()
     return check_number(
         answer, expected, name="fused_params", rel_tol=1e-9,
-        hint="stacked, three independent rank-8 updates have rank 24 (the notebook printed 24 for our size), so the "
-             "LoRA on c_attn needs r = 24; then count A (r, in) and B (out, r) of a 768 → 2304 layer.",
+        hint="stacked into one fused layer, what rank can three independent rank-8 updates have (the notebook "
+             "printed it for our size)? Then count A and B of one 768 → 2304 layer at that rank.",
         explanation="rank 24 on c_attn: A (24, 768) and B (2304, 24), 73,728 numbers a block, twice the 36,864 of "
                     "three separate rank-8 LoRAs on 768 → 768 projections. To hold three separate adapters exactly, B "
                     "needs only its three diagonal blocks (the rest stays zero): that is how save_peft_adapter "

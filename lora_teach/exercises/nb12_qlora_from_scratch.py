@@ -30,7 +30,8 @@ def check_nf4_70b_gb(answer) -> bool:
     n, expected = _nf4_70b_gb()
     return check_number(
         answer, expected, name="nf4_70b_gb", rel_tol=0.01,
-        hint="parameters x bits per weight (bits_per_weight() above) / 8 bits per byte / 1e9 bytes per GB.",
+        hint="start from the bits one weight takes in NF4 with its constants (bits_per_weight() above), then turn "
+             "the whole model's bits into bytes and into GB (10^9 bytes).",
         explanation=f"{n:,} × 4.127 / 8 bytes ≈ {expected:.1f} GB: the 70B weights fit one 48 GB GPU, with room "
                     "left for the adapters, their Adam moments and the activations. In 16 bits they take "
                     f"{2 * n / 1e9:.0f} GB.",
@@ -66,14 +67,14 @@ DEQUANTIZE_CASES = [(torch.tensor([0x7F, 0x80, 0x0F, 0xF0, 0x12, 0xED], dtype=to
                     (torch.arange(0, 256, 8, dtype=torch.uint8), 0.0371)]
 
 
-@right_answer(lambda: dequantize_block)
+@right_answer(lambda: dequantize_block, fresh_inputs=True)
 def check_dequantize_block(fn) -> bool:
     """12: dequantize_block(packed, absmax) = the 2 * len(packed) weights of one block, back from its bytes."""
     return check_function(
         fn, name="dequantize_block", arg_names=["packed", "absmax"], cases=DEQUANTIZE_CASES,
         reference=dequantize_block, diagnose=_dequantize_block_mistakes, atol=1e-7,
-        hint="each byte holds two codes: byte >> 4 (first) and byte & 0xF (second); each code indexes "
-             "NF4_CODEBOOK, and the level times absmax is the weight.",
+        hint="each byte packs two 4-bit codes, the first in the high half: take both out with bit operations, "
+             "look each code up in NF4_CODEBOOK, and undo the block's absmax scaling.",
         explanation="unpack (high half first), look up, scale: exactly what nf4_dequantize does for every block, "
                     "and what bitsandbytes' dequantize_4bit returns bit for bit. The byte 0x7F holds codes 7 and "
                     "15: the levels 0.0 and 1.0, so the weights 0 and absmax.")

@@ -38,8 +38,8 @@ def check_dora_trainable(fn) -> bool:
     return check_function(
         fn, name="dora_trainable", arg_names=["in_features", "out_features", "r"], cases=cases,
         reference=dora_trainable, diagnose=_dora_trainable_mistakes,
-        hint="LoRA's A is (r, in_features) and B is (out_features, r); DoRA adds the magnitude vector m, one number "
-             "per output feature.",
+        hint="start from what LoRA trains on this layer, then add what DoRA trains on top of it: its magnitude "
+             "vector. How long is it?",
         explanation="r·(in + out) + out. For our q_proj at r = 8 that is 2,048 + 128 = 2,176: the magnitude adds "
                     "128 numbers, 6 % on top of LoRA's. At a 7B model's 4096 × 4096 projection with r = 16 it adds "
                     "4,096 to 131,072, about 3 %: DoRA's cost is not in parameters but in the per-step norm.")
@@ -86,13 +86,14 @@ def _mixed_cases():
     return cases
 
 
-@right_answer(lambda: mixed_from_single)
+@right_answer(lambda: mixed_from_single, fresh_inputs=True)
 def check_mixed_from_single(fn) -> bool:
     """13: mixed_from_single(outputs, names) -> the mixed batch's logits from whole-batch single-adapter runs."""
     return check_function(
         fn, name="mixed_from_single", arg_names=["outputs", "names"], cases=_mixed_cases(),
         reference=mixed_from_single, diagnose=_mixed_mistakes,
-        hint="row i of the mixed batch is row i of the run with adapter names[i]: torch.stack of outputs[name][i].",
+        hint="row i of the mixed batch used adapter names[i] only, and rows never interact: which single-adapter "
+             "run computed that same row? Put the rows together along the batch axis.",
         explanation="Each layer adds to row i only the update of adapter names[i], and rows never interact in a "
                     "linear layer, so the mixed batch is the single-adapter runs, row by row. That is what the "
                     "exactness cell measured, and why a server can batch requests for different adapters.")

@@ -60,8 +60,8 @@ def check_reference_copy_gb(answer) -> bool:
                   (n * 4.5 / 8 / 1e9, "4.5 bits is NF4 with fp32 block constants; double quantisation stores them in "
                                       "8 bits: 4.127 bits a weight."),
                   (_nf4_copy_gb() * 1e9 / 2**30, "1 GB here is 10^9 bytes; you divided by 2^30.")],
-        hint="a frozen copy holds only its weights: parameters x 4.127 bits (NF4 with double quantisation) / 8 "
-             "bits a byte, divided by 10^9.",
+        hint="a frozen copy holds only its weights: how many bits does one weight take in NF4 with double "
+             "quantisation? Turn the model's bits into GB (10^9 bytes).",
         explanation="about 3.93 GB: 4 bits cut the copy to a quarter of its bf16 size, but it still costs memory "
                     "for a model that is never trained. With a LoRA policy, TRL switches the adapter off and the "
                     "reference costs nothing.")
