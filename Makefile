@@ -36,6 +36,15 @@ $(VENV)/.dev: $(VENV)/.course requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.course ## create .venv/ with what the course needs (requirements.txt and the package)
+
+# Linux laptops without a GPU: pip would fetch torch's CUDA build from PyPI (gigabytes); PyTorch's CPU wheel index
+# has the CPU build of the same pinned version, which then satisfies requirements.txt (docs/LOGISTICS.md).
+.PHONY: setup-cpu
+setup-cpu: $(BIN)/python ## like setup, with the CPU build of torch (a Linux laptop without a GPU)
+	$(BIN)/pip install -q "$$(grep -m1 '^torch==' requirements.txt)" --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q -r requirements.txt -e .
+	touch $(VENV)/.course
+
 setup-dev: $(VENV)/.dev ## add what the tests, the benchmarks and the linter need (requirements-dev.txt)
 
 lab: setup ## open the course in JupyterLab
@@ -85,8 +94,18 @@ teacher: setup ## solutions filled in between nbgrader's markers, into build/tea
 student: setup ## the folded solutions removed, into build/student/
 	$(RUN) tools/build_editions.py student $(ARGS)
 
+.PHONY: course
+course: setup ## an nbgrader course directory from the teacher edition, into build/course/ (docs/GRADING.md)
+	$(RUN) tools/build_editions.py course $(ARGS)
+
 html: setup ## the static HTML edition (figures in place of widgets), into build/html/
 	$(RUN) tools/build_html.py $(ARGS)
+
+# The site: Sphinx with myst-nb and sphinx-book-theme (docs/site/conf.py); the committed notebooks, not re-run.
+.PHONY: site
+site: setup-dev ## the course as a website with search, into build/site/html/ (REF=v1.0: launch that tag)
+	LORA_TEACH_SITE_REF="$(REF)" $(RUN) -m sphinx -b html -E -q -c docs/site . build/site/html -d build/site/.doctrees
+	@echo "open build/site/html/index.html"
 
 ##@ Experiments (long runs; their results ship in lora_teach/)
 pretrain-base: setup ## pretrain the base model into lora_teach/weights/ (about 15 minutes)
@@ -119,3 +138,6 @@ method-timings: setup ## every method's training step and served forward pass, a
 
 lora-family: setup-dev ## rsLoRA, DoRA, PiSSA and LoRA+ side by side, for notebook 13 (ARGS=--quick)
 	$(RUN) benchmarks/lora_family.py $(ARGS)
+
+distributed-figures: setup-dev ## notebook 15's DDP / FSDP figures on two local processes, more repeats (ARGS=--out F)
+	$(RUN) experiments/distributed_figures.py $(ARGS)

@@ -39,6 +39,7 @@ from lora_teach.compare import (  # noqa: E402
     COURSE_METHODS,
     GRID_METHODS,
     QUICK,
+    REPORT_SEEDS,
     TASKS,
     Budget,
     austen_task,
@@ -149,13 +150,18 @@ def main(argv=None) -> None:
     ap.add_argument("--small-data", action="store_true", help="also write small_data_curves.csv (full run only)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--figure", type=Path, help="also save a figure of quality against parameters and memory")
+    ap.add_argument("--seeds", type=int, default=len(REPORT_SEEDS),
+                    help=f"seeds per (method, task), from {SEED} up (default {len(REPORT_SEEDS)})")
     args = ap.parse_args(argv)
+    if args.seeds < 2:
+        raise ValueError(f"--seeds must be at least 2 (a spread needs two runs), got {args.seeds}")
     out, grid = args.out.resolve(), args.grid.resolve()
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive int, got {args.threads}")
         torch.set_num_threads(args.threads)
-    budget, methods = (QUICK, COURSE_METHODS) if args.quick else (Budget(), GRID_METHODS)
+    budget, methods = (QUICK, COURSE_METHODS) if args.quick else (
+        Budget(seeds=tuple(SEED + i for i in range(args.seeds))), GRID_METHODS)
     rates = chosen_rates(grid)  # only the (method, task) pairs whose grid is complete
     missing = [(m, t) for t in budget.steps for m in methods if (m, t) not in rates]
     if missing:

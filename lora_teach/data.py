@@ -208,18 +208,26 @@ def _passages(text: str, n: int, length: int, rng: random.Random) -> list[str]:
 AUTHORS = {"austen": "austen", "shakespeare": "shakespeare", "melville": "melville"}
 
 
+AUTHOR_TRAIN_DEFAULT = 300
+
+
 @cache
-def author_task(n_train: int = 300, n_val: int = 100, n_test: int = 100, length: int = 64,
+def author_task(n_train: int = AUTHOR_TRAIN_DEFAULT, n_val: int = 100, n_test: int = 100, length: int = 64,
                 seed: int = 0) -> ClassificationTask:
     """Who wrote this passage: Austen, Shakespeare or Melville? `n_*` examples per author and split.
 
     Train passages come from the training text, validation and test from the held-out text; a test passage
-    shares no character with any validation passage (nor with another test passage)."""
+    shares no character with any validation passage (nor with another test passage). Validation and test do not
+    depend on `n_train`: a smaller training split is the first `n_train` passages per author of the default draw,
+    and the generator behind the held-out splits moves as the default draw moves it."""
     rng = random.Random(seed)
     splits = {"train": [], "val": [], "test": []}
     for i, (corpus, label) in enumerate(AUTHORS.items()):
         train_text, val_text = split_corpus(corpus)
-        splits["train"] += [Example(p, label) for p in _passages(train_text, n_train, length, rng)]
+        train_rng = random.Random()
+        train_rng.setstate(rng.getstate())  # the training draw starts where the shared generator is...
+        splits["train"] += [Example(p, label) for p in _passages(train_text, n_train, length, train_rng)]
+        _passages(train_text, AUTHOR_TRAIN_DEFAULT, length, rng)  # ...which moves as the default draw moves it
         flat = _clean(val_text)
         # n_val + n_test draws keep the generator where it always was, so train and validation never move
         val_starts = _passage_starts(flat, n_val + n_test, length, rng)[:n_val]
@@ -227,8 +235,12 @@ def author_task(n_train: int = 300, n_val: int = 100, n_test: int = 100, length:
         test_starts = _passage_starts(flat, n_test, length, test_rng, avoid=val_starts)
         splits["val"] += [Example(flat[s:s + length], label) for s in val_starts]
         splits["test"] += [Example(flat[s:s + length], label) for s in test_starts]
-    for examples in splits.values():
-        rng.shuffle(examples)
+    train_rng = random.Random()
+    train_rng.setstate(rng.getstate())
+    train_rng.shuffle(splits["train"])
+    rng.shuffle([None] * (AUTHOR_TRAIN_DEFAULT * len(AUTHORS)))  # as if the default training split were shuffled
+    for name in ("val", "test"):
+        rng.shuffle(splits[name])
     return ClassificationTask("author", list(AUTHORS.values()), **splits)
 
 

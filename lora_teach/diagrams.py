@@ -502,30 +502,32 @@ def draw_dora(ax=None):
 
 def draw_mixed_batch_serving(ax=None, adapters=("a", "b", "a", "c")):
     """Figure: one frozen base serving a batch whose rows use different LoRA adapters (unmerged): the base's
-    product once for the whole batch, each row's own B A added."""
+    product once for the whole batch, each row's own s B A added."""
     adapters = tuple(adapters)
     if not adapters or not all(isinstance(a, str) and a for a in adapters):
         raise ValueError(f"adapters must be a non-empty sequence of adapter names (strings), got {adapters!r}")
     kinds = sorted(set(adapters))
     hatches = ["", "///", "...", "xxx", "\\\\\\", "ooo"]
     n = len(adapters)
-    fig, ax = _canvas(ax, (-0.4, 12.6), (-1.8, 1.1 * n + 1.9), figsize=(10.5, 0.75 * n + 3.6))
-    top = 1.1 * n
-    _title(ax, 6.1, top + 1.55, "One base, several adapters in one batch")
-    _part(ax, 5.0, top / 2 - 0.05, 2.2, top - 0.2, "frozen base\n$W x$\n(one product\nfor the\nwhole batch)",
-          fontsize=10)
+    fig, ax = _canvas(ax, (-0.6, 15.2), (-1.8, 1.2 * n + 1.9), figsize=(12.5, 0.85 * n + 3.6))
+    top = 1.2 * n
+    _title(ax, 7.3, top + 1.55, "One base, several adapters in one batch")
+    _part(ax, 4.6, top / 2 - 0.05, 2.3, top - 0.2, "frozen base\n$W x$\n(one product\nfor the\nwhole batch)",
+          fontsize=11)
     for i, name in enumerate(adapters):
-        y = top - 1.1 * i - 0.55
-        _note(ax, 0.9, y, f"request {i + 1}\nadapter '{name}'", size=9.5)
-        _arrow(ax, (1.9, y), (3.85, y))
+        y = top - 1.2 * i - 0.6
+        _note(ax, 1.0, y, f"request {i + 1}\nadapter '{name}'", size=11)
+        _arrow(ax, (2.4, y), (3.4, y))
         k = kinds.index(name)
-        _box(ax, 7.9, y, 1.6, 0.75, f"$B_{{{name}}} A_{{{name}}}$", trained_style("lora"), fontsize=10,
-             hatch=hatches[k % len(hatches)])
-        _arrow(ax, (6.15, y), (7.05, y))
-        _arrow(ax, (8.75, y), (9.7, y))
-        _note(ax, 10.9, y, f"$W x_{{{i + 1}}} + B_{{{name}}} A_{{{name}}} x_{{{i + 1}}}$", size=10)
-    _note(ax, 6.1, -0.6, f"{len(kinds)} adapters stay unmerged and small; each row of the batch picks its own",
-          size=10)
+        _box(ax, 8.1, y, 2.9, 0.8, "", trained_style("lora"), hatch=hatches[k % len(hatches)])
+        ax.text(8.1, y, f"$s\\,B_{{\\mathrm{{{name}}}}} A_{{\\mathrm{{{name}}}}}\\,x_{{{i + 1}}}$", ha="center",
+                va="center", fontsize=11, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+        _arrow(ax, (5.8, y), (6.6, y))
+        _arrow(ax, (9.6, y), (10.3, y))
+        label = f"$W x_{{{i + 1}}} + s\\,B_{{\\mathrm{{{name}}}}} A_{{\\mathrm{{{name}}}}}\\,x_{{{i + 1}}}$"
+        _note(ax, 10.45, y, label, size=11, ha="left")
+    _note(ax, 7.3, -0.6, f"{len(kinds)} adapters stay unmerged and small; each row of the batch adds its own "
+          "update, scaled by its s = alpha / r", size=11)
     _method_legend(ax, 0.3, -1.4, "lora", trained_text="trained per task (LoRA adapters)")
     return fig
 

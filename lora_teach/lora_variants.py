@@ -2,14 +2,19 @@
 
 - rsLoRA (Kalajdzievski, 2023), `LoRAConfig(use_rslora=True)`: the scaling is alpha / sqrt(r) instead of alpha / r
   (`lora_scaling`; PEFT: `LoraConfig(use_rslora=True)`, the layer's `scaling[name]`).
-- DoRA (Liu et al., 2024), `LoRAConfig(use_dora=True)`: W' = m * (W0 + s B A) / ||W0 + s B A||, row by row, the
-  norm detached in the backward pass as PEFT does. The trained magnitude m (out,) is the layer's
-  `lora_magnitude[name]` (PEFT: `lora_magnitude_vector[name]`); `dora_output`, `dora_merge_`, `dora_unmerge_`.
+- DoRA (Liu et al., 2024), `LoRAConfig(use_dora=True)`: W' = m * (W0 + s B A) / ||W0 + s B A||, row by row (one
+  magnitude per output feature, as the official code and PEFT compute it; the paper's "column" norm is the same
+  norm for a weight written (in, out)), the norm detached in the backward pass as PEFT does. The trained
+  magnitude m (out,) is the layer's `lora_magnitude[name]` (PEFT: `lora_magnitude_vector[name]`); `dora_output`,
+  `dora_merge_`, `dora_unmerge_`.
 - PiSSA (Meng et al., 2024), `LoRAConfig(init_lora_weights="pissa")`: A and B from the top-r singular triplets of
   W0, the base keeps the residual (`pissa_init_`; PEFT's `pissa_init`). `init_lora_weights_` also does PEFT's
-  False (B random, for tests) and "gaussian".
+  False (B random, for tests) and "gaussian". A trained PiSSA adapter needs that residual base; PEFT can also save
+  it as a plain LoRA of rank 2r for the original base (`path_initial_model_for_weight_conversion` of
+  `save_pretrained`).
 - LoRA+ (Hayou et al., 2024): only the optimizer changes, B learns `loraplus_lr_ratio` times faster
-  (`loraplus_param_groups`, `create_loraplus_optimizer`: PEFT's `peft.optimizers.create_loraplus_optimizer`).
+  (`loraplus_param_groups`, `create_loraplus_optimizer`: PEFT's `peft.optimizers.create_loraplus_optimizer`). As in
+  PEFT, the ratio has no default: the paper suggests about 2**4 = 16 as a place to start, to be tuned.
 """
 
 from __future__ import annotations
@@ -124,11 +129,12 @@ def dora_unmerge_(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Te
 # ------------------------------------------------------------------------------------------------- LoRA+
 def _check_positive(key: str, value) -> None:
     if not isinstance(value, Real) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-        raise ValueError(f"{key} must be a finite number > 0 (PEFT's default ratio is 16 in the paper's "
-                         f"spirit: B learns 16 times faster than A); got {value!r}")
+        hint = (" (B's rate over A's; it has no default, as in PEFT: Hayou et al. suggest about 2**4 = 16 to start)"
+                if key == "loraplus_lr_ratio" else "")
+        raise ValueError(f"{key} must be a finite number > 0{hint}; got {value!r}")
 
 
-def loraplus_param_groups(model: nn.Module, lr: float, loraplus_lr_ratio: float = 16.0,
+def loraplus_param_groups(model: nn.Module, lr: float, *, loraplus_lr_ratio: float,
                           loraplus_weight_decay: float = 0.0) -> list[dict]:
     """LoRA+ (Hayou et al., 2024): the trainable parameters in optimizer groups as PEFT's
     create_loraplus_optimizer makes them: 'A' at lr; 'B' (B matrices and every 1-D tensor, e.g. DoRA's
@@ -158,8 +164,9 @@ def loraplus_param_groups(model: nn.Module, lr: float, loraplus_lr_ratio: float 
 
 
 def create_loraplus_optimizer(model: nn.Module, optimizer_cls=torch.optim.AdamW, *, lr: float,
-                              loraplus_lr_ratio: float = 16.0, **kwargs) -> torch.optim.Optimizer:
-    """An optimizer over loraplus_param_groups (PEFT's signature; `loraplus_weight_decay` may be in kwargs)."""
+                              loraplus_lr_ratio: float, **kwargs) -> torch.optim.Optimizer:
+    """An optimizer over loraplus_param_groups (PEFT's signature: lr and loraplus_lr_ratio required;
+    `loraplus_weight_decay` may be in kwargs)."""
     weight_decay = kwargs.pop("loraplus_weight_decay", 0.0)
-    groups = loraplus_param_groups(model, lr, loraplus_lr_ratio, weight_decay)
+    groups = loraplus_param_groups(model, lr, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_weight_decay=weight_decay)
     return optimizer_cls(groups, lr=lr, **kwargs)

@@ -15,6 +15,9 @@ they are a separate line (`activation_estimate`), with gradient checkpointing as
 stated there. Model sizes: `MODEL_SIZES` (the course's tiny GPT to GPT-3 175B) and `REAL_MODELS` (Llama-3-8B,
 Qwen2.5-1.5B and 7B, Mistral-7B, with their vocabularies). `fine_tuning_memory` and `fit_table` count a training
 step as practitioners run it on a GPU (logits and PEFT's fp32 adapters included) and say which of `GPUS` it fits.
+Across several GPUs: `sharded_memory` splits the model states as ZeRO's stages do (FSDP's SHARD_GRAD_OP is stage 2,
+FULL_SHARD stage 3), with CPU offload as an option, and `gpus_needed` finds the fewest GPUs of a kind that hold a
+fine-tune; `zero_paper_figure1` and `fsdp_qlora_70b` set them beside the ZeRO paper and Answer.AI's FSDP-QLoRA.
 """
 
 from __future__ import annotations
@@ -359,3 +362,140 @@ def fit_table(models=tuple(REAL_MODELS), methods=tuple(FIT_METHODS), **settings)
             row = fine_tuning_memory(key, method, **settings)
             rows.append(row | {gpu: fits(row["total"], gpu) for gpu in GPUS})
     return rows
+
+
+# ------------------------------------------------------------------------------------- sharding across GPUs
+# What each stage splits across the N GPUs of a data-parallel run (ZeRO, Rajbhandari et al., 2020; PyTorch FSDP's
+# sharding strategies do the same for stages 2 and 3). Stage 0 is plain data parallelism: every GPU holds it all.
+SHARDING = {
+    0: "replicated: every GPU holds weights, gradients and optimizer state (DDP; FSDP's NO_SHARD)",
+    1: "ZeRO-1: the optimizer state (fp32 master weights and Adam's moments) is split across the GPUs",
+    2: "ZeRO-2 = FSDP's SHARD_GRAD_OP: the optimizer state and the gradients are split",
+    3: "ZeRO-3 = FSDP's FULL_SHARD: optimizer state, gradients and weights are split; each block's weights are "
+       "gathered whole for its forward and backward pass, then freed",
+}
+FSDP_STRATEGIES = {"NO_SHARD": 0, "SHARD_GRAD_OP": 2, "FULL_SHARD": 3}  # FSDP's names for ZeRO's stages
+OFFLOAD = {
+    "none": "everything stays on the GPUs",
+    "optimizer": "the optimizer state lives in CPU memory and the optimizer step runs there (ZeRO-Offload; "
+                 "DeepSpeed's offload_optimizer); stage 1 or more",
+    "all": "weights, gradients and optimizer state live in CPU memory; each GPU holds only the blocks it is "
+           "computing (FSDP's CPUOffload(offload_params=True); DeepSpeed's offload_param with offload_optimizer); "
+           "stage 3 only",
+}
+PREFETCH_BLOCKS = 2  # under stage 3 a GPU holds the gathered weights of the block it computes and of the next one
+GPU_KINDS = {**GPUS, "RTX 3090/4090 24 GB": 24e9, "H100 80 GB": 80e9}  # nominal memory, bytes
+SHARDING_ASSUMPTIONS = ("model states as ZeRO counts them (weights, gradients, optimizer state; memory_estimate); "
+                        f"under stage 3 the gathered weights of {PREFETCH_BLOCKS} blocks at a time (the one being "
+                        "computed and the next, prefetched); per GPU its own micro-batch's activations, "
+                        "checkpointed (activation_estimate), and its logits (LOGIT_BYTES each); GPU_RESERVED of "
+                        "every GPU kept for CUDA")
+# The ZeRO paper's Figure 1 example: 7.5 B parameters (only the count matters for model states; the block shape,
+# used for the gathered line of stage 3, is a GPT of d = 4096 with 37 blocks, about 7.5 B)
+ZERO_PAPER_MODEL = ModelSize("7.5B (the ZeRO paper's example)", 7_500_000_000, 37, _gpt_linears(4096), 4096, 32,
+                             "ZeRO's Figure 1: 7.5 B parameters, mixed-precision Adam", 1024, vocab=50257)
+
+
+def _check_sharding(gpus, stage, offload) -> None:
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise ValueError(f"gpus must be a positive int, got {gpus!r}")
+    if stage not in SHARDING:
+        raise ValueError(f"stage must be one of {list(SHARDING)} (ZeRO's stages; FSDP's strategies are "
+                         f"{FSDP_STRATEGIES}), got {stage!r}")
+    if offload not in OFFLOAD:
+        raise ValueError(f"offload must be one of {list(OFFLOAD)}, got {offload!r}")
+    if offload == "optimizer" and stage < 1:
+        raise ValueError("offload='optimizer' needs stage 1 or more (ZeRO-Offload partitions the optimizer state)")
+    if offload == "all" and stage != 3:
+        raise ValueError("offload='all' (the weights too) needs stage 3: only a fully sharded run gathers weights "
+                         "block by block")
+
+
+def sharded_memory(model, method: str = "full", *, gpus: int = 1, stage: int = 0, offload: str = "none",
+                   r: int = 16, targets="all linear", precision: str = "bf16-mixed", optimizer: str = "adamw",
+                   base_bits: int | None = None, batch: int = 1, seq: int | None = None) -> dict:
+    """Bytes on each of `gpus` GPUs (and in CPU memory per GPU) for a data-parallel fine-tune sharded at ZeRO
+    `stage` (SHARDING; FSDP_STRATEGIES maps FSDP's names) with `offload` (OFFLOAD). The model states come from
+    `memory_estimate(model, method, r, targets, precision, optimizer, base_bits)`: stage 1 divides the optimizer
+    state by `gpus`, stage 2 the gradients too, stage 3 the weights too. Keys: 'weights', 'gradients',
+    'optimizer' (on each GPU), 'model_states' (their sum: ZeRO's figure), 'gathered' (stage 3: PREFETCH_BLOCKS
+    blocks' weights), 'activations' and 'logits' of `batch` sequences of `seq` tokens per GPU (batch=0: none),
+    'cpu' (offloaded bytes per GPU), 'total' (on each GPU). Assumptions: SHARDING_ASSUMPTIONS."""
+    _check_sharding(gpus, stage, offload)
+    size = _resolve_model(model)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
+        raise ValueError(f"batch must be an int >= 0 (0: leave activations and logits out), got {batch!r}")
+    est = memory_estimate(size, method, r, targets, precision, optimizer, base_bits)
+    n = gpus
+    weights = est["weights"] / (n if stage >= 3 else 1)
+    gradients = est["gradients"] / (n if stage >= 2 else 1)
+    opt_state = est["optimizer"] / (n if stage >= 1 else 1)
+    cpu = 0.0
+    if offload in ("optimizer", "all"):
+        cpu, opt_state = cpu + opt_state, 0.0
+    if offload == "all":
+        cpu, weights, gradients = cpu + weights + gradients, 0.0, 0.0
+    gathered = 0.0
+    if stage == 3:
+        mode = PRECISIONS[precision]
+        bits = 8 * mode.weight if method == "full" else est["base_bits"]
+        block_linear = size.block_linear_params / size.n_layer * bits / 8
+        block_adapters = (est["trainable"] / size.n_layer * mode.weight) if method == "lora" else 0.0
+        gathered = PREFETCH_BLOCKS * (block_linear + block_adapters) * (n - 1) / n  # its own shard is counted above
+        if offload == "all":
+            gathered = PREFETCH_BLOCKS * (block_linear + block_adapters)
+    seq = size.context if seq is None else seq
+    activations = activation_estimate(size, batch, seq, checkpointing=True) if batch else 0.0
+    logits = batch * seq * size.vocab * LOGIT_BYTES
+    states = weights + gradients + opt_state
+    return {"model": size.name, "method": method, "precision": precision, "gpus": n, "stage": stage,
+            "offload": offload, "trainable": est["trainable"], "weights": weights, "gradients": gradients,
+            "optimizer": opt_state, "model_states": states, "gathered": gathered, "activations": activations,
+            "logits": logits, "cpu": cpu, "total": states + gathered + activations + logits}
+
+
+def gpus_needed(model, method: str = "full", gpu: str = "A100 80 GB", *, stage: int = 3, offload: str = "none",
+                max_gpus: int = 4096, **settings) -> int | None:
+    """The fewest GPUs of kind `gpu` (GPU_KINDS) on which `sharded_memory(model, method, gpus=n, stage=stage,
+    offload=offload, **settings)['total']` fits with GPU_RESERVED kept free; None if even `max_gpus` do not
+    (without sharding more GPUs never help: each holds everything)."""
+    if gpu not in GPU_KINDS:
+        raise ValueError(f"gpu must be one of {list(GPU_KINDS)}, got {gpu!r}")
+    _check_sharding(1, stage, offload)
+    room = GPU_KINDS[gpu] - GPU_RESERVED
+
+    def fits_on(n: int) -> bool:
+        return sharded_memory(model, method, gpus=n, stage=stage, offload=offload, **settings)["total"] <= room
+
+    if fits_on(1):
+        return 1
+    if stage == 0 or not fits_on(max_gpus):
+        return None
+    lo, hi = 1, max_gpus  # lo does not fit, hi does: the memory per GPU falls as GPUs are added
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits_on(mid) else (mid, hi)
+    return hi
+
+
+def zero_paper_figure1() -> dict:
+    """The ZeRO paper's Figure 1 (7.5 B parameters, 64 GPUs, mixed-precision Adam: 2 + 2 + 12 bytes a parameter)
+    beside this module's arithmetic: model states per GPU in GB at stages 0 to 3."""
+    ours = {s: sharded_memory(ZERO_PAPER_MODEL, "full", gpus=64, stage=s, precision="bf16-mixed",
+                              batch=0)["model_states"] / 1e9 for s in SHARDING}
+    return {"paper_gb": {0: 120.0, 1: 31.4, 2: 16.6, 3: 1.9}, "ours_gb": ours}
+
+
+def fsdp_qlora_70b(seq: int = 512, r: int = 16, gpu: str = "RTX 3090/4090 24 GB", offload: str = "none") -> dict:
+    """Answer.AI's FSDP-QLoRA claim (2024: a 70 B model fine-tuned on two 24 GB GPUs) on paper: LLaMA-2 70B, its
+    blocks' linear layers in NF4, LoRA r on all of them, FULL_SHARD over 2 GPUs, batch 1 of `seq` tokens with
+    checkpointing. Returns the per-GPU breakdown on 1 and 2 GPUs, and on 2 GPUs with a bf16 base (plain LoRA)."""
+    qlora = dict(r=r, targets="all linear", precision="qlora", batch=1, seq=seq)
+    two = sharded_memory("70b", "lora", gpus=2, stage=3, offload=offload, **qlora)
+    one = sharded_memory("70b", "lora", gpus=1, stage=0, **qlora)
+    lora16 = sharded_memory("70b", "lora", gpus=2, stage=3, r=r, targets="all linear", precision="bf16-mixed",
+                            batch=1, seq=seq)
+    room = GPU_KINDS[gpu] - GPU_RESERVED
+    return {"two_gpus": two, "one_gpu": one, "bf16_base_two_gpus": lora16, "room": room,
+            "fits_two": two["total"] <= room, "fits_one": one["total"] <= room,
+            "fits_bf16_base_two": lora16["total"] <= room}

@@ -4,8 +4,12 @@ A frozen weight is cut into blocks of 64 numbers. Each block is divided by its a
 constant per block) and every number is replaced by the index of the nearest of 16 levels, the NF4 codebook:
 quantiles of N(0, 1), scaled to [-1, 1], with an exact zero. Two 4-bit indices share a byte. Double quantisation
 stores the block constants themselves in 8 bits (blocks of 256, mean subtracted): about 4.127 bits per weight.
-The arithmetic follows bitsandbytes 0.50's CPU path step for step, so the bytes and the dequantised numbers are
-the same bit for bit (tests/test_quantize.py checks it).
+The arithmetic follows bitsandbytes 0.50's CPU path step for step. Without double quantisation the packed codes,
+the fp32 block constants and the dequantised weights equal bitsandbytes' bit for bit. With it, the 4-bit codes,
+the mean subtracted from the constants and the second-level constants are still equal, and so are the 8-bit codes
+of the constants except a few that lie almost exactly halfway between two 8-bit levels: we take the nearest level,
+as bitsandbytes' PyTorch reference does, while its compiled CPU kernel can pick the neighbour, one step away
+(20 of the shipped model's 12,482 constants, as notebook 12 prints; tests/test_quantize.py checks each statement).
 
 Levels:  `normal_float_levels`, `NF4_CODEBOOK`, `dynamic_8bit_levels` (the 8-bit code of the block constants).
 Tensors: `nf4_quantize` / `nf4_dequantize`, `double_quantize` / `double_dequantize`, `bits_per_weight`.
@@ -24,11 +28,14 @@ DQ_BLOCKSIZE = 256  # block constants per second-level constant (double quantisa
 
 # --------------------------------------------------------------------------------------------------- the levels
 def nf4_offset() -> float:
-    """The outermost probability QLoRA takes a quantile at: 1 - delta, delta = (1/(2*15) + 1/(2*16)) / 2.
+    """The outermost probability bitsandbytes takes a quantile at when it builds the NF4 table: 0.9677083.
 
-    The paper puts the 2^k levels halfway between quantiles; with 7 negative and 8 positive levels the two sides
-    have 15 and 16 intervals, and delta is the mean of their half-steps. bitsandbytes writes the value with
-    7 decimals (0.9677083); rounding the same way gives bit-identical levels (unrounded, they differ by <= 3e-7)."""
+    This is bitsandbytes' construction (`create_normal_map`), not the paper's formula: the paper defines each level
+    as the mean of two adjacent quantiles of N(0, 1), q_i = (Q(i / 17) + Q((i + 1) / 17)) / 2 for 4 bits, built
+    for the two halves separately so that zero is exact. bitsandbytes instead takes quantiles at evenly spaced
+    probabilities from this offset to 0.5. The value equals 1 - (1/(2*15) + 1/(2*16)) / 2 (the mean of the
+    half-steps of the 15 and 16 intervals of the two sides) to the 7 decimals bitsandbytes writes; its documentation
+    calls it chosen empirically. Rounding the same way gives its levels bit for bit (unrounded: within 3e-7)."""
     return round(1 - (1 / (2 * 15) + 1 / (2 * 16)) / 2, 7)
 
 

@@ -13,11 +13,19 @@ puts the PNG in an `ipywidgets.Image`. A control's change redraws only what chan
 ONE output that holds both the live widget and a PNG of its figure for the current values: JupyterLab shows the
 live widget; GitHub, nbviewer and nbconvert's HTML, which cannot run widgets, show the PNG. Every widget exposes
 its controls as attributes and a `state` dict, so tests (and curious students) can set values in code.
+
+Every widget describes its figure in one sentence (`description`), kept as lora_teach.plotting describes a static
+figure: the output's PNG carries it as its `alt` metadata and a caption line follows the widget (both as the
+figure was first drawn, like the saved PNG); in a live kernel a visually hidden live region at the top of the
+widget holds the current description, which screen readers announce after every change. (A `tooltip` on the
+Image would not do: ipywidgets 8.1's image view fails to render with one.) Figures use the course's fonts
+(12 pt and more) and its signed colour map, which reads in grey-scale (lora_teach.plotting.DIVERGING).
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import math
@@ -51,10 +59,20 @@ from .memory import (  # noqa: F401  (re-exported for notebooks that import them
     memory_estimate,
     qlora_paper_65b,
 )
-from .plotting import method_style
+from .plotting import (
+    ALT_KEY,
+    DIVERGING,  # signed matrices: dark blue negative, grey zero, light yellow positive
+    FONT_SIZES,
+    MIN_FONT_PT,
+    caption_bundle,
+    check_description,
+    curve_style,
+    method_style,
+    signed_colorbar,
+)
 
-DPI = 72  # PNG resolution: small files and fast redraws (a figure renders in about 0.1 s)
-DIVERGING = "RdBu_r"  # signed matrices: blue negative, white zero, red positive
+DPI = 90  # PNG resolution: 12-point text is 15 pixels high; a figure still renders in about 0.1-0.2 s
+SMALL = MIN_FONT_PT  # the smallest text in a widget's figure (points)
 PRECOMPUTED = "lora_updates.safetensors"  # written by experiments/precompute_lora_updates.py
 
 
@@ -74,11 +92,13 @@ class FigureWidget:
         rows = controls if controls and isinstance(controls[0], (list, tuple)) else [controls] if controls else []
         self.controls = [c for row in rows for c in row]
         boxes = [widgets.HBox(list(row), layout=widgets.Layout(flex_flow="row wrap")) for row in rows]
-        self.ui = widgets.VBox(boxes + [self.image])
+        # first in the box, visually hidden, announced by screen readers whenever the figure changes
+        self.live_description = widgets.HTML()
+        self.ui = widgets.VBox([self.live_description] + boxes + [self.image])
         self.ui.add_class("lora-teach-widget")
         self.ui.add_class(f"lora-teach-{self.kind}")
         self.render_seconds = 0.0  # how long the last redraw took (for the latency budget of 0.3 s)
-        self._handle = None
+        self._handle = self._caption_handle = None
         self._frozen = False
         self._dynamic: list = []  # artists redrawn by a quick render
         self._background = None
@@ -113,6 +133,7 @@ class FigureWidget:
         palette.save(buf, format="png", compress_level=1)
         png = buf.getvalue()
         self.image.value = png
+        self.live_description.value = _live_region(self.description)
         self.render_seconds = time.perf_counter() - start
         return png
 
@@ -129,17 +150,33 @@ class FigureWidget:
                 "version_major": 2, "version_minor": 0, "model_id": self.ui.model_id},
         }
 
+    @property
+    def description(self) -> str:
+        """One sentence on what the figure shows now (its alt text and caption); subclasses say more."""
+        summary = self.summary().replace(". ", ", ")
+        return f"The figure of the {type(self).__name__}" + (f" for {summary}." if summary else ".")
+
+    def _metadata(self) -> dict:
+        return {"image/png": {ALT_KEY: check_description(self.description)}}
+
+    def _ipython_display_(self) -> None:
+        """What Jupyter shows: the widget with its PNG and the description as the PNG's alt, then a caption."""
+        self.show()
+
     def show(self):
-        """Display the widget (as the last line of a cell does); later `refresh_static()` updates its PNG."""
+        """Display the widget (as the last line of a cell does) and its caption; later `refresh_static()` updates
+        the saved PNG and caption. Returns the display handle of the widget's output."""
         from IPython.display import display
 
-        self._handle = display(self, display_id=True)
+        self._handle = display(self._repr_mimebundle_(), raw=True, metadata=self._metadata(), display_id=True)
+        self._caption_handle = display(caption_bundle(self.description), raw=True, display_id=True)
         return self._handle
 
     def refresh_static(self) -> None:
-        """Replace the PNG saved with the notebook by the figure as it is now (after `show()`)."""
+        """Replace the PNG and caption saved with the notebook by the figure as it is now (after `show()`)."""
         if self._handle is not None:
-            self._handle.update(self)
+            self._handle.update(self._repr_mimebundle_(), raw=True, metadata=self._metadata())
+            self._caption_handle.update(caption_bundle(self.description), raw=True)
 
     def summary(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.state.items() if isinstance(v, (int, str)))
@@ -149,10 +186,19 @@ class FigureWidget:
         raise NotImplementedError
 
 
+_VISUALLY_HIDDEN = ("position:absolute;width:1px;height:1px;margin:-1px;padding:0;overflow:hidden;"
+                    "clip:rect(0,0,0,0);white-space:nowrap;border:0")
+
+
+def _live_region(text: str) -> str:
+    """HTML that shows nothing on screen but that screen readers read, and announce again when it changes."""
+    return f'<div role="status" aria-live="polite" style="{_VISUALLY_HIDDEN}">Figure: {html.escape(text)}</div>'
+
+
 def _fixed_titles():
     """Axes made in this context keep their title at a fixed height, so matplotlib skips a costly search for
     overlapping tick labels at every draw (about a quarter of a full redraw)."""
-    return mpl.rc_context({"axes.titley": 1.0})
+    return mpl.rc_context({"axes.titley": 1.0, **FONT_SIZES, "lines.linewidth": 2.0})
 
 
 def _slider_style() -> dict:
@@ -404,10 +450,10 @@ class RankExplorer(FigureWidget):
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-        fig.colorbar(self.im_resid, ax=self.ax_resid, fraction=0.08, pad=0.02)
+        signed_colorbar(fig, self.im_resid, ax=self.ax_resid, fraction=0.08, pad=0.02)
         lora = method_style("lora")["color"]
-        (self.spec_kept,) = self.ax_spec.semilogy([], [], "o", ms=3, color=lora, label="kept: top r")
-        (self.spec_dropped,) = self.ax_spec.semilogy([], [], "o", ms=3, color="#999999", label="dropped")
+        (self.spec_kept,) = self.ax_spec.semilogy([], [], "o", ms=5, color=lora, label="kept: top r")
+        (self.spec_dropped,) = self.ax_spec.semilogy([], [], "x", ms=5, color="#999999", label="dropped")
         self.spec_cut = self.ax_spec.axvline(1, color="black", linestyle=":")
         self.ax_spec.set_xlabel("index i of the singular value")
         self.ax_spec.set_ylabel(r"singular value $\sigma_i$")
@@ -415,12 +461,12 @@ class RankExplorer(FigureWidget):
         (self.err_line,) = self.ax_err.plot([], [], color=lora, label="relative error")
         (self.par_line,) = self.ax_err.plot([], [], color="black", linestyle="--", label="numbers r(m+n) / mn")
         (self.err_dot,) = self.ax_err.plot([], [], "o", color=lora)
-        (self.par_dot,) = self.ax_err.plot([], [], "o", color="black")
+        (self.par_dot,) = self.ax_err.plot([], [], "s", color="black")
         self.err_cut = self.ax_err.axvline(1, color="black", linestyle=":")
         self.ax_err.set_xlabel("rank r")
         self.ax_err.set_ylabel("% of the full matrix")
         self.ax_err.set_ylim(0, 105)
-        self.ax_err.legend(loc="center right", fontsize=8)
+        self.ax_err.legend(loc="upper right", fontsize=SMALL)
         self.animate(self.im_approx, self.im_resid, self.spec_kept, self.spec_dropped, self.spec_cut, self.err_cut,
                      self.err_dot, self.par_dot, self.ax_approx.title, self.ax_resid.title, self.ax_spec.title,
                      self.ax_err.title)
@@ -483,7 +529,7 @@ class RankExplorer(FigureWidget):
         self.err_dot.set_data([r], [100 * err])
         self.par_dot.set_data([r], [100 * r * (m + n) / (m * n)])
         self.err_cut.set_xdata([r, r])
-        self.ax_err.set_title(f"r(m+n) = {r * (m + n):,} of mn = {m * n:,} numbers", fontsize=9)
+        self.ax_err.set_title(f"r(m+n) = {r * (m + n):,} of mn = {m * n:,} numbers", fontsize=SMALL)
 
     def _on_matrix(self, change) -> None:
         self._load_matrix()
@@ -503,6 +549,16 @@ class RankExplorer(FigureWidget):
         err = svd.relative_error(r)
         return {"matrix": self.matrix.value, "rank": r, "shape": (m, n), "relative_error": err,
                 "energy": 1 - err**2, "params_low_rank": r * (m + n), "params_full": m * n}
+
+    @property
+    def description(self) -> str:
+        st = self.state
+        m, n = st["shape"]
+        shape = "" if f"{m} x {n}" in st["matrix"] else f" ({m} x {n})"
+        return (f"Three heatmaps (the matrix {st['matrix']!r}{shape}, its best rank-{st['rank']} approximation "
+                f"and the residual) above its singular values with the top {st['rank']} kept: they hold "
+                f"{100 * st['energy']:.1f}% of the energy and leave a relative error of "
+                f"{100 * st['relative_error']:.1f}%, using {st['params_low_rank']:,} of {st['params_full']:,} numbers.")
 
     def approximation(self) -> np.ndarray:
         """The rank-r approximation currently shown, (m, n)."""
@@ -583,8 +639,8 @@ class LoRAUpdateViewer(FigureWidget):
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-        fig.colorbar(self.im_delta, ax=self.ax_delta, fraction=0.06, pad=0.02)
-        fig.colorbar(self.im_sum, ax=[self.ax_W, self.ax_sum], fraction=0.03, pad=0.02)
+        signed_colorbar(fig, self.im_delta, ax=self.ax_delta, fraction=0.06, pad=0.02)
+        signed_colorbar(fig, self.im_sum, ax=[self.ax_W, self.ax_sum], fraction=0.03, pad=0.02)
         u = self.updates
         lora, full = method_style("lora"), method_style("full")
         self.ax_step.axhline(u.meta["base_loss"], **method_style("base"))
@@ -595,23 +651,23 @@ class LoRAUpdateViewer(FigureWidget):
                                                       lw=1)
         (self.step_dot,) = self.ax_step.plot([], [], "o", color=lora["color"])
         self.ax_step.set_xscale("symlog", linthresh=10)
-        self.ax_step.set_xlabel("training step", fontsize=8)
-        self.ax_step.set_ylabel("val loss", fontsize=8)
-        self.ax_step.legend(fontsize=7, loc="lower left")
+        self.ax_step.set_xlabel("training step", fontsize=SMALL)
+        self.ax_step.set_ylabel("val loss", fontsize=SMALL)
+        self.ax_step.legend(fontsize=SMALL, loc="lower left")
         self.ax_alpha.axhline(u.meta["base_loss"], **method_style("base"))
         (self.alpha_line,) = self.ax_alpha.plot([], [], "-", color=lora["color"], marker=".")
-        (self.alpha_dot,) = self.ax_alpha.plot([], [], "o", color="black")
+        (self.alpha_dot,) = self.ax_alpha.plot([], [], "s", color="black")
         self.ax_alpha.axvline(u.alpha, color="#999999", linestyle=":")
         self.ax_alpha.set_xscale("log", base=2)
-        self.ax_alpha.set_xlabel("α (last step; dotted: the α used in training)", fontsize=8)
-        self.ax_alpha.set_ylabel("val loss", fontsize=8)
+        self.ax_alpha.set_xlabel("α (dotted: the α used in training)", fontsize=SMALL)
+        self.ax_alpha.set_ylabel("val loss", fontsize=SMALL)
         losses = [u.alpha_loss(r, a) for r in u.ranks for a in u.alphas] + [u.meta["base_loss"]]
         pad = 0.05 * (max(losses) - min(losses))
         self.ax_alpha.set_xlim(min(u.alphas) / 1.5, max(u.alphas) * 1.5)
         self.ax_alpha.set_ylim(min(losses) - pad, max(losses) + pad)  # fixed: moving a slider redraws no ticks
         for ax in (self.ax_step, self.ax_alpha):
-            ax.tick_params(labelsize=7)
-        self.title = fig.suptitle(" ", fontsize=10)
+            ax.tick_params(labelsize=SMALL)
+        self.title = fig.suptitle(" ", fontsize=SMALL + 1)
         self.animate(self.im_A, self.im_B, self.im_delta, self.im_sum, *self.step_lines.values(), self.step_dot,
                      self.alpha_line, self.alpha_dot, self.title,
                      *(ax.title for ax in (self.ax_A, self.ax_B, self.ax_delta, self.ax_sum, self.ax_step,
@@ -624,8 +680,8 @@ class LoRAUpdateViewer(FigureWidget):
         for im in (self.im_W, self.im_sum):
             im.set_clim(-lim["W"], lim["W"])
         self.im_delta.set_clim(-lim["delta"], lim["delta"])
-        self.ax_W.set_title(f"W0 ({W.shape[0]} x {W.shape[1]}), frozen", fontsize=9)
-        self.ax_B.set_ylabel(f"B: {W.shape[0]} x r", fontsize=8)
+        self.ax_W.set_title(f"W0 ({W.shape[0]} x {W.shape[1]}), frozen", fontsize=SMALL)
+        self.ax_B.set_ylabel(f"B: {W.shape[0]} x r", fontsize=SMALL)
 
     def _draw(self) -> None:
         """What depends on the rank, alpha and step (the animated artists)."""
@@ -642,22 +698,22 @@ class LoRAUpdateViewer(FigureWidget):
         self.im_B.set_clim(-lim["B"][r], lim["B"][r])
         self.im_delta.set_data(delta)
         self.im_sum.set_data(W + delta)
-        self.ax_A.set_title(f"A ({r} x {A.shape[1]})", fontsize=9)
-        self.ax_B.set_title("B", fontsize=9)
-        self.ax_delta.set_title(f"ΔW = (α/r) B A, α/r = {alpha / r:g}", fontsize=9)
+        self.ax_A.set_title(f"A ({r} x {A.shape[1]})", fontsize=SMALL)
+        self.ax_B.set_title("B", fontsize=SMALL)
+        self.ax_delta.set_title(f"ΔW = (α/r) B A, α/r = {alpha / r:g}", fontsize=SMALL)
         rel = np.linalg.norm(delta) / np.linalg.norm(W)
-        self.ax_sum.set_title(f"W0 + ΔW: ‖ΔW‖ = {100 * rel:.1f}% of ‖W0‖", fontsize=9)
+        self.ax_sum.set_title(f"W0 + ΔW: ‖ΔW‖ = {100 * rel:.1f}% of ‖W0‖", fontsize=SMALL)
         for rank, line in self.step_lines.items():
             line.set_color(method_style("lora")["color"] if rank == r else "#BBBBBB")
             line.set_linewidth(2 if rank == r else 1)
             line.set_zorder(3 if rank == r else 2)
         self.step_dot.set_data([step], [u.loss(r, step)])
-        self.ax_step.set_title(f"rank {r}: val loss by step (α = {u.alpha:g})", fontsize=9)
+        self.ax_step.set_title(f"val loss by step (α = {u.alpha:g})", fontsize=SMALL)
         alphas = u.alphas
         self.alpha_line.set_data(alphas, [u.alpha_loss(r, a) for a in alphas])
         loss = self.loss
         self.alpha_dot.set_data([alpha], [u.alpha_loss(r, alpha)])
-        self.ax_alpha.set_title(f"rank {r}: val loss when α is changed after training", fontsize=9)
+        self.ax_alpha.set_title("val loss, α changed after training", fontsize=SMALL)
         shown = f"{loss:.3f}" if loss is not None else "not precomputed (α differs, before the last step)"
         self.title.set_text(f"{u.meta['task']}: {layer}, rank {r}, α = {alpha:g}, step {step} | "
                             f"validation loss {shown} (base {u.meta['base_loss']:.3f})")
@@ -683,6 +739,17 @@ class LoRAUpdateViewer(FigureWidget):
         return {"layer": layer, "rank": r, "alpha": alpha, "step": step, "scaling": alpha / r,
                 "delta_norm": float(delta.norm()), "weight_norm": float(u.weights[layer].norm()),
                 "loss": self.loss}
+
+    @property
+    def description(self) -> str:
+        st, u = self.state, self.updates
+        loss = self.loss
+        shown = f"validation loss {loss:.3f} against the base model's {u.meta['base_loss']:.3f}" if loss is not None \
+            else f"base model's validation loss {u.meta['base_loss']:.3f}"
+        return (f"Heatmaps of LoRA's A and B at rank {st['rank']}, the update (alpha/r) B A with alpha = "
+                f"{st['alpha']:g} after {st['step']} steps on the {u.meta['task']} task, the frozen weight W0 of "
+                f"{st['layer']} and W0 + Delta W (Delta W is {100 * st['delta_norm'] / st['weight_norm']:.1f}% of "
+                f"W0's norm), beside line plots of the validation loss by step and by alpha ({shown}).")
 
     def delta_shown(self) -> np.ndarray:
         """The Delta W (out, in) drawn in the figure now."""
@@ -717,16 +784,17 @@ class TrainingDashboard(FigureWidget):
         with _fixed_titles():
             ax = self.ax = self.figure.add_subplot()
         for name, hist in baselines.items():
-            ax.plot(hist.steps, _running_mean(hist.loss, smooth), alpha=0.6, **method_style(name))
+            ax.plot(hist.steps, _running_mean(hist.loss, smooth), alpha=0.6, **curve_style(name))
         (self.raw_line,) = ax.plot([], [], color=style["color"], alpha=0.25, lw=1)
         (self.line,) = ax.plot([], [], color=style["color"], linestyle=style["linestyle"], lw=2,
                                label=f"{style['label']} (running mean of {smooth})")
-        (self.eval_dots,) = ax.plot([], [], "o", color=style["color"], label=f"evaluation: {eval_key}"
+        (self.eval_dots,) = ax.plot([], [], style["marker"] or "o", color=style["color"], markerfacecolor="white",
+                                    label=f"evaluation: {eval_key}"
                                     if eval_key else None)
         ax.set_xlabel("training step")
         ax.set_ylabel("loss (nats per character)")
         ax.set_title(title or "training loss")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=SMALL)
         self.step, self.last_loss, self.history = 0, None, None
         self._t0 = self._last_draw = None
         self.render()
@@ -770,6 +838,19 @@ class TrainingDashboard(FigureWidget):
     @property
     def state(self) -> dict:
         return {"method": self.method, "step": self.step, "loss": self.last_loss}
+
+    @property
+    def description(self) -> str:
+        label = method_style(self.method)["label"]
+        hist = self.history
+        if hist is None or not hist.steps:
+            return f"Empty axes that fill with the training loss of {label}, step by step, while it trains."
+        evals = ""
+        if self.eval_key and hist.evals:
+            evals = f", with {len(hist.evals)} evaluations of {self.eval_key} as open markers"
+        mean = float(_running_mean(hist.loss, self.smooth)[-1])
+        return (f"The training loss of {label} over {len(hist.steps)} steps, each step faint and the running mean "
+                f"of {self.smooth} in bold{evals}, the running mean ending at {mean:.3f} nats per character.")
 
 
 def _running_mean(values: list[float], k: int) -> np.ndarray:
@@ -828,25 +909,28 @@ class MemoryCalculator(FigureWidget):
         for control in (self.model, self.method, self.r, self.targets, self.precision, self.base_bits):
             control.observe(self._on_change, names="value")
 
-    PARTS = (("weights", "#777777"), ("gradients", "#E69F00"), ("optimizer", "#D55E00"))
+    # colour, and a hatch so the three parts of a bar also differ in grey-scale
+    PARTS = (("weights", "#777777", ""), ("gradients", "#E69F00", "//"), ("optimizer", "#D55E00", ".."))
 
     def _build(self) -> None:
         """Two rows of stacked bars (full fine-tuning, LoRA) and two checkpoint bars, all updated in place."""
         self.ax_mem, self.ax_ckpt = self.figure.subplots(1, 2, width_ratios=[1.6, 1])
         ax = self.ax_mem
-        self.mem_bars = {row: {part: ax.barh(y, 0, height=0.5, color=colour, label=part if y == 0 else None)[0]
-                               for part, colour in self.PARTS} for y, row in enumerate(("full", "lora"))}
-        self.mem_labels = {row: ax.text(0, y - 0.32, "", fontsize=9) for y, row in enumerate(("full", "lora"))}
-        self.mem_totals = {row: ax.text(0, y, "", va="center", fontsize=9) for y, row in enumerate(("full", "lora"))}
+        self.mem_bars = {row: {part: ax.barh(y, 0, height=0.5, color=colour, hatch=hatch, edgecolor="white",
+                                             label=part if y == 0 else None)[0]
+                               for part, colour, hatch in self.PARTS} for y, row in enumerate(("full", "lora"))}
+        self.mem_labels = {row: ax.text(0, y - 0.32, "", fontsize=SMALL) for y, row in enumerate(("full", "lora"))}
+        self.mem_totals = {row: ax.text(0, y, "", va="center", fontsize=SMALL)
+                           for y, row in enumerate(("full", "lora"))}
         ax.set_ylim(1.5, -0.8)
         ax.set_yticks([])
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=SMALL)
         ax = self.ax_ckpt
         colours = {"full": method_style("full")["color"], "lora": method_style("lora")["color"]}
         self.ckpt_bars = {row: ax.barh(y, 1, height=0.5, color=colours[row])[0] for y, row in enumerate(colours)}
-        self.ckpt_labels = {row: ax.text(0, y - 0.32, name, fontsize=9)
+        self.ckpt_labels = {row: ax.text(0, y - 0.32, name, fontsize=SMALL)
                             for (y, row), name in zip(enumerate(colours), ("whole model", "LoRA adapter"), strict=True)}
-        self.ckpt_totals = {row: ax.text(0, y, "", va="center", fontsize=9) for y, row in enumerate(colours)}
+        self.ckpt_totals = {row: ax.text(0, y, "", va="center", fontsize=SMALL) for y, row in enumerate(colours)}
         ax.set_xscale("log")
         ax.set_ylim(1.5, -0.8)
         ax.set_yticks([])
@@ -889,7 +973,7 @@ class MemoryCalculator(FigureWidget):
         for row, est in rows.items():
             visible = row == "full" or lora
             left = 0.0
-            for part, _ in self.PARTS:
+            for part, _, _ in self.PARTS:
                 bar = self.mem_bars[row][part]
                 bar.set_x(left)
                 bar.set_width(est[part] / self._scale)
@@ -907,9 +991,9 @@ class MemoryCalculator(FigureWidget):
             for artist in (self.mem_labels[row], self.mem_totals[row], self.ckpt_bars[row], self.ckpt_labels[row],
                            self.ckpt_totals[row]):
                 artist.set_visible(visible)
-        self.ax_mem.set_title(f"{full['model']}, {self.precision.value}, Adam", fontsize=10)
+        self.ax_mem.set_title(f"{full['model']}, {self.precision.value}, Adam", fontsize=SMALL)
         ratio = full["checkpoint"] / chosen["checkpoint"]
-        self.ax_ckpt.set_title(f"adapter: {ratio:,.0f}x smaller" if lora else "checkpoint", fontsize=10)
+        self.ax_ckpt.set_title(f"adapter: {ratio:,.0f}x smaller" if lora else "checkpoint", fontsize=SMALL)
         self.table.value = (_table_html(full, chosen, self.model.value) + _precision_note(self.precision.value)
                             + _paper_note(self.model.value))
 
@@ -924,6 +1008,18 @@ class MemoryCalculator(FigureWidget):
     def state(self) -> dict:
         full, chosen = self.estimates()
         return {**chosen, "model_key": self.model.value, "full_total": full["total"]}
+
+    @property
+    def description(self) -> str:
+        full, chosen = self.estimates()
+        if chosen["method"] != "lora":
+            return (f"A stacked bar of the training memory of full fine-tuning of {full['model']} "
+                    f"({format_bytes(full['total'])} for weights, gradients and optimizer state) beside its "
+                    f"checkpoint file of {format_bytes(full['checkpoint'])}.")
+        return (f"Stacked bars of training memory (weights, gradients, optimizer state) for {full['model']}: "
+                f"{format_bytes(full['total'])} for full fine-tuning against {format_bytes(chosen['total'])} for "
+                f"LoRA with r = {self.r.value} on {self.targets.value}, beside checkpoint files of "
+                f"{format_bytes(full['checkpoint'])} against {format_bytes(chosen['checkpoint'])}.")
 
 
 def _unit(n: float) -> tuple[float, str]:
@@ -978,3 +1074,126 @@ def _table_html(full: dict, chosen: dict, model_key: str) -> str:
                                                       for _, e in cols) + "</tr>" for label, fmt in rows)
     return (f"<table><tr><th></th>{head}</tr>{body}</table><p style='font-size:90%'>Activations: "
             f"{ACTIVATION_ASSUMPTIONS}.</p>")
+
+
+
+# ---------------------------------------------------------------------------- how many GPUs (notebook 15)
+class GPUCountCalculator(FigureWidget):
+    """How many GPUs of which kind does this fine-tune need? Choose a model, a method, a precision mode, LoRA's
+    rank and the tokens per GPU: a grid gives, for every GPU kind and every sharding (replicated, ZeRO-1, ZeRO-2 =
+    SHARD_GRAD_OP, ZeRO-3 = FULL_SHARD, ZeRO-3 with CPU offload), the fewest GPUs that hold it (lora_teach.memory's
+    `gpus_needed`), and a table below it the memory per GPU."""
+
+    kind = "gpu-count-calculator"
+    SHARDINGS = (("replicated\n(DDP)", 0, "none"), ("ZeRO-1", 1, "none"), ("ZeRO-2\nSHARD_GRAD_OP", 2, "none"),
+                 ("ZeRO-3\nFULL_SHARD", 3, "none"), ("ZeRO-3 +\nCPU offload", 3, "all"))
+    RANKS = (8, 16, 32, 64)
+    TOKENS = (512, 1024, 2048, 4096)
+
+    def __init__(self, model: str = "70b", method: str = "lora", precision: str = "qlora", r: int = 16,
+                 seq: int = 512):
+        from .memory import REAL_MODELS
+
+        models = {**MODEL_SIZES, **REAL_MODELS}
+        checks = (("model", model, list(models)), ("method", method, list(METHODS)),
+                  ("precision", precision, list(PRECISIONS)), ("r", r, self.RANKS), ("seq", seq, self.TOKENS))
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)} in the calculator, got {value!r}")
+        if method == "full" and precision == "qlora":
+            raise ValueError("full fine-tuning has no frozen base to store in 4 bits: use method='lora' with "
+                             "precision='qlora', or another precision")
+        self.model = widgets.Dropdown(options=[(m.name, key) for key, m in models.items()], value=model,
+                                      description="model")
+        self.precision = widgets.Dropdown(options=list(PRECISIONS), value=precision, description="precision",
+                                          layout=widgets.Layout(width="220px"))
+        self.method = widgets.ToggleButtons(options=[("full fine-tuning", "full"), ("LoRA", "lora")], value=method,
+                                            description="method")
+        self.r = widgets.Dropdown(options=self.RANKS, value=r, description="LoRA r",
+                                  layout=widgets.Layout(width="160px"))
+        self.seq = widgets.Dropdown(options=self.TOKENS, value=seq, description="tokens / GPU",
+                                    layout=widgets.Layout(width="200px"), style=_slider_style())
+        self.table = widgets.HTML()
+        super().__init__([[self.model, self.precision], [self.method, self.r, self.seq]], figsize=(10, 3.6))
+        self.ui.children = (*self.ui.children[:-1], self.image, self.table)
+        self.ax = self.figure.subplots()
+        self._draw()
+        self.render()
+        for control in (self.model, self.method, self.precision, self.r, self.seq):
+            control.observe(self._on_change, names="value")
+
+    def _settings(self, batch: int = 1) -> dict:
+        s = {"precision": self.precision.value, "batch": batch, "seq": self.seq.value}
+        if self.method.value == "lora":
+            s.update(r=self.r.value, targets="all linear")
+        return s
+
+    def counts(self) -> dict:
+        """{GPU kind: {sharding: fewest GPUs, or None}} for the current choices (shardings named on one line)."""
+        from .memory import GPU_KINDS, gpus_needed
+
+        m, method = self.model.value, self.method.value
+        return {gpu: {label.replace("\n", " "): gpus_needed(m, method, gpu, stage=stage, offload=offload,
+                                                            **self._settings())
+                      for label, stage, offload in self.SHARDINGS} for gpu in GPU_KINDS}
+
+    def _draw(self) -> None:
+        from .memory import GPU_KINDS, SHARDING_ASSUMPTIONS, sharded_memory
+
+        self.r.disabled = self.method.value == "full"
+        counts = self.counts()
+        grid = np.array([[np.nan if n is None else math.log2(n) for n in row.values()] for row in counts.values()])
+        ax = self.ax
+        ax.clear()
+        ax.imshow(grid, cmap="Blues", vmin=-1, vmax=max(8.0, np.nanmax(grid) if np.isfinite(grid).any() else 8.0),
+                  aspect="auto")
+        for i, row in enumerate(counts.values()):
+            for j, n in enumerate(row.values()):
+                ax.text(j, i, "does not fit" if n is None else f"{n:,}", ha="center", va="center",
+                        fontsize=SMALL, color="black" if n is None or n < 64 else "white")
+        ax.set_xticks(range(len(self.SHARDINGS)), [label for label, _, _ in self.SHARDINGS], fontsize=SMALL)
+        ax.set_yticks(range(len(GPU_KINDS)), list(GPU_KINDS), fontsize=SMALL)
+        ax.tick_params(length=0)
+        ax.set_title(self._title(), fontsize=SMALL)
+        rows = []
+        for label, stage, offload in self.SHARDINGS:
+            n = counts[next(iter(counts))][label.replace("\n", " ")]  # on the first GPU kind
+            e = sharded_memory(self.model.value, self.method.value, gpus=n or 1, stage=stage, offload=offload,
+                               **self._settings())
+            rows.append(f"<tr><td>{label.replace(chr(10), ' ')}</td><td>{n or 1}</td>"
+                        + "".join(f"<td style='text-align:right;padding:0 10px'>{format_bytes(e[k])}</td>"
+                                  for k in ("model_states", "gathered", "activations", "total", "cpu")) + "</tr>")
+        head = "".join(f"<th style='padding:0 10px'>{h}</th>" for h in
+                       ("sharding", "GPUs", "model states", "gathered blocks", "activations", "per GPU", "in CPU"))
+        first = next(iter(GPU_KINDS))
+        self.table.value = (f"<p style='font-size:90%'>Memory per GPU on {first}s (one GPU where it does not "
+                            f"fit):</p><table><tr>{head}</tr>{''.join(rows)}</table><p style='font-size:90%'>"
+                            f"Counted: {SHARDING_ASSUMPTIONS}.</p>")
+
+    def _what(self) -> str:
+        what = ("full fine-tuning" if self.method.value == "full"
+                else f"LoRA r = {self.r.value} on all linear layers")
+        return f"{what} of {self.model.label} in {self.precision.value}, {self.seq.value} tokens per GPU"
+
+    def _title(self) -> str:
+        return f"fewest GPUs for {self._what()}"
+
+    def _on_change(self, change) -> None:
+        if self.method.value == "full" and self.precision.value == "qlora":
+            self.precision.value = "bf16-mixed"  # full fine-tuning has no 4-bit base; this triggers the redraw
+            return
+        self._draw()
+        self.render()
+
+    @property
+    def state(self) -> dict:
+        return {"model": self.model.value, "method": self.method.value, "precision": self.precision.value,
+                "r": self.r.value, "seq": self.seq.value}
+
+    @property
+    def description(self) -> str:
+        counts = self.counts()
+        fits = {gpu: row["ZeRO-3 FULL_SHARD"] for gpu, row in counts.items()}
+        listed = ", ".join(f"{n} x {gpu}" for gpu, n in fits.items() if n is not None) or "none of the GPU kinds"
+        return (f"A grid of the fewest GPUs of each kind that hold {self._what()} under each sharding, where fully "
+                f"sharded (ZeRO-3) it needs {listed}.")

@@ -166,3 +166,12 @@ def test_sentence_splits_are_disjoint():
     assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
     assert not texts["val"] & texts["test"]
     assert sentence_task.__wrapped__().test == task.test
+
+
+@pytest.mark.parametrize("n_train", [1, 8, 100, 500])
+def test_the_held_out_splits_do_not_depend_on_how_much_training_data_is_drawn(n_train):
+    default, other = author_task(), author_task.__wrapped__(n_train=n_train)
+    assert other.val == default.val and other.test == default.test
+    assert len(other.train) == 3 * n_train
+    if n_train <= 300:
+        assert {e.text for e in other.train} <= {e.text for e in default.train}

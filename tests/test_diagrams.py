@@ -27,7 +27,8 @@ SCHEMATICS = [
     (diagrams.draw_hf_export, "lora", ["wte", "embed_tokens", "o_proj", "out_proj", "fc1", "PEFT LoRA", "c_attn"]),
     (diagrams.draw_qlora, "qlora", ["4-bit NF4", "dequantise", "$A$\n16-bit", "$B$\n16-bit"]),
     (diagrams.draw_dora, "dora", ["$W_0$", "magnitude $m$", "direction", "$A$", "$B$"]),
-    (diagrams.draw_mixed_batch_serving, "lora", ["frozen base", "request 1", "adapter 'b'", "$B_{c} A_{c}$"]),
+    (diagrams.draw_mixed_batch_serving, "lora", ["frozen base", "request 1", "adapter 'b'", "s = alpha / r",
+                                                  r"$s\,B_{\mathrm{c}} A_{\mathrm{c}}\,x_{4}$"]),
     (diagrams.draw_lora_layer, "lora", ["$A$", "$B$", "Original layer"]),
     (diagrams.draw_lora_in_attention, "lora", ["$A$", "$B$", "$W_q$\nq_proj"]),
 ]

@@ -171,6 +171,21 @@ def test_pissa_trains_the_principal_directions_from_step_0():
         assert torch.count_nonzero(layer.lora_A[D].grad) > 0 and torch.count_nonzero(layer.lora_B[D].grad) > 0
 
 
+def test_a_trained_pissa_adapter_is_a_rank_2r_lora_on_the_original_base():
+    """What PEFT's path_initial_model_for_weight_conversion saves: (residual + s B' A') - W0 = s (B' A' - B0 A0)."""
+    base = gpt()
+    model = lora(init_lora_weights="pissa")
+    start = {n: (m.lora_A[D].detach().clone(), m.lora_B[D].detach().clone()) for n, m in lora_layers(model).items()}
+    randomize_all_adapters(model)  # as if trained
+    for name, layer in lora_layers(model).items():
+        delta = layer.base_layer.weight + layer.get_delta_weight() - base.get_submodule(name).weight
+        A0, B0 = start[name]
+        B2 = torch.cat([layer.lora_B[D], -B0], dim=1)  # (out, 2r)
+        A2 = torch.cat([layer.lora_A[D], A0], dim=0)  # (2r, in)
+        torch.testing.assert_close(delta, layer.scaling[D] * B2 @ A2, rtol=0, atol=1e-10)
+        assert torch.linalg.matrix_rank(delta).item() == 2 * 4
+
+
 def test_gaussian_init_keeps_b_zero_and_draws_a_with_std_one_over_r():
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(256, 256), r=4, alpha=4, init_lora_weights="gaussian")
@@ -204,6 +219,23 @@ def test_loraplus_with_ratio_1_is_plain_adamw():
         opt.step()
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(p, q), n
+
+
+def test_loraplus_ratio_has_no_default_as_in_peft():
+    import inspect
+
+    from peft.optimizers import create_loraplus_optimizer as peft_create_loraplus_optimizer
+
+    assert inspect.signature(peft_create_loraplus_optimizer).parameters["loraplus_lr_ratio"].default \
+        is inspect.Parameter.empty
+    model = lora()
+    with pytest.raises(TypeError, match="loraplus_lr_ratio"):
+        loraplus_param_groups(model, lr=1e-3)
+    with pytest.raises(TypeError, match="loraplus_lr_ratio"):
+        create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3)
+    with pytest.raises(ValueError, match=r"loraplus_lr_ratio must be a finite number > 0 \(B's rate over A's; it has "
+                                         r"no default"):
+        loraplus_param_groups(model, lr=1e-3, loraplus_lr_ratio=-16)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

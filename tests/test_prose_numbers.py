@@ -28,6 +28,10 @@ NOT_MEASURED = {
     "01_meet_the_base_model.ipynb": {"0.83": "834,560 parameters, printed, in millions",
                                      "4.57": "ln 97, the loss of a uniform guess, worked out in the prose"},
     "09_lora_in_practice.ipynb": {"0.25": "alpha / r at r = 32 and 32 / 128, worked out in the prose"},
+    "11_from_our_model_to_hugging_face.ipynb": {"0.0625": "bfloat16's step between 8 and 16, 2**3 * 2**-7, worked "
+                                                          "out in the prose",
+                                                "0.05": "the real-model path's lora_dropout, a setting"},
+    "14_fine_tuning_like_a_practitioner.ipynb": {"0.693": "ln 2, the DPO loss at step 0, worked out in the prose"},
 }
 
 

@@ -9,6 +9,11 @@ live kernel, so this edition leaves the live part out: a lora_teach widget's out
 figure for the default values, and that PNG is what the page shows (only the widget-view entry is dropped).
 Outputs that are nothing but a widget (progress bars, a bare slider) are left out. Pages are the teacher
 edition: the exercises show their solutions. `build/` is git-ignored.
+
+Every figure's one-sentence description (lora_teach.plotting: the PNG output's metadata `image/png.alt`) becomes
+its <img>'s `alt`, which screen readers read; nbconvert's own lab template writes none, and its exporter then
+labels every image "No description has been provided for this image". The visible caption under each figure is an
+output of its own and needs nothing here.
 """
 
 from __future__ import annotations
@@ -20,12 +25,26 @@ import re
 import sys
 from pathlib import Path
 
+import jinja2
+import markupsafe
 import nbformat
 from nbconvert import HTMLExporter
 from notebook_runner import ROOT, course_notebooks, execute
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 NOTEBOOK_LINK = re.compile(r"\]\((\d\d_\w+)\.ipynb\)")
+# nbconvert's lab template, with each PNG's description written into its <img> as `alt`
+ALT_TEMPLATE = "lora_teach_lab.html.j2"
+ALT_TEMPLATE_SOURCE = """{%- extends 'lab/index.html.j2' -%}
+{% block data_png scoped %}{{ super() | with_alt(output | get_metadata('alt', 'image/png')) }}{% endblock data_png %}
+"""
+
+
+def with_alt(html_text: str, alt) -> markupsafe.Markup:
+    """`html_text` with `alt="..."` (escaped) added to its first <img>; unchanged without a description."""
+    if not alt:
+        return markupsafe.Markup(html_text)
+    return markupsafe.Markup(str(html_text).replace("<img ", f'<img alt="{html.escape(str(alt), quote=True)}" ', 1))
 
 
 def is_widget_output(output) -> bool:
@@ -70,10 +89,18 @@ def title_of(nb, fallback: str) -> str:
     return fallback
 
 
+def html_exporter() -> HTMLExporter:
+    """nbconvert's HTML exporter with the lab template, writing each figure's description as its `alt`."""
+    exporter = HTMLExporter(template_name="lab", template_file=ALT_TEMPLATE,
+                            extra_loaders=[jinja2.DictLoader({ALT_TEMPLATE: ALT_TEMPLATE_SOURCE})])
+    exporter.register_filter("with_alt", with_alt)
+    return exporter
+
+
 def build(paths: list[Path], out: Path, run: bool = False) -> list[Path]:
     """Write one HTML page per notebook and index.html into `out`; return the pages written."""
     out.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab")
+    exporter = html_exporter()
     pages, entries = [], []
     for path in paths:
         nb = nbformat.read(path, as_version=4)

@@ -32,6 +32,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from lora_teach.plotting import sync_descriptions
+
 ROOT = Path(__file__).resolve().parents[1]
 BINDER_MB = 2048  # Binder's memory limit per user container, in MiB
 SERVER_MB = 256  # kept for the Jupyter server that shares the container with the kernel
@@ -109,6 +111,7 @@ def run_in_place(path: Path, timeout: int = TIMEOUT) -> float:
     strip_figure_widget_state(nb)
     strip_progress_text(nb)
     strip_elapsed_times(nb)
+    sync_descriptions(nb)  # each figure's description into the cell's metadata, where myst-nb reads its alt text
     nbformat.write(nb, path)
     return seconds
 

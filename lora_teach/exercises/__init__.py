@@ -23,3 +23,4 @@ from .nb11_from_our_model_to_hugging_face import *  # noqa: F403
 from .nb12_qlora_from_scratch import *  # noqa: F403
 from .nb13_the_lora_family import *  # noqa: F403
 from .nb14_fine_tuning_like_a_practitioner import *  # noqa: F403
+from .nb15_beyond_one_machine import *  # noqa: F403
