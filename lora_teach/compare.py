@@ -5,17 +5,16 @@ and measured with `lora_teach.measure`. The protocol, whose scripts are in exper
 1. `experiments/lr_grid.py` trains every method on every task at each rate of `LR_GRID` with the `GRID_SEEDS`
    and writes `lora_teach/results/lr_grid.csv` (validation and test metrics of every run);
 2. `choose_rates` picks each (method, task)'s rate on validation only;
-3. `experiments/compare_methods.py` reports that rate's test metrics over the three `REPORT_SEEDS`
+3. `experiments/compare_methods.py` reports that rate's test metrics over the five `REPORT_SEEDS`
    (`comparison_runs.csv`, `comparison_summary.csv`). Notebook 10 reads both files.
 Here: the protocol's constants, one measured run (`run_one`) and a comparison made of them (`run_comparison`),
-what reads the results (`chosen_rates`, `summarise`, `differs`), and what notebook 05 uses to ask why soft
+what reads the results (`chosen_rates`, `summarise`, `paired`), and what notebook 05 uses to ask why soft
 prompts fail in this model (`build_placement`, `linear_probe`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from .methods import METHODS, get_method
 from .p_tuning import PTuning, classification_template
 from .prompt_tuning import PromptTuning
 from .results import RESULTS, read_csv
+from .stats import PairedComparison, paired_comparison
 from .training import SEED, seed_everything, train
 
 COURSE_METHODS = ("full", "adapters", "prefix", "prompt", "p-tuning", "lora")  # one per notebook, 02 to 09
@@ -48,7 +48,7 @@ LR_GRID = {
     "lora-all": (1e-3, 3e-3, 1e-2, 3e-2),
 }
 GRID_SEEDS = (SEED, SEED + 1)  # the rate is chosen on validation, averaged over these
-REPORT_SEEDS = (SEED, SEED + 1, SEED + 2)  # test figures at the chosen rate
+REPORT_SEEDS = tuple(SEED + i for i in range(5))  # test figures at the chosen rate (the grid's seeds among them)
 
 
 def make_task(name: str):
@@ -245,13 +245,23 @@ def summarise(rows: list[dict], keys=("quality", "quality_val", "label_loss_test
     return out
 
 
-def differs(a: list[float], b: list[float], k: float = 2.0) -> bool:
-    """True when the means of `a` and `b` differ by more than `k` standard errors of their difference
-    (sqrt(s_a^2 / n_a + s_b^2 / n_b), s the sample standard deviation over seeds)."""
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need at least two seeds on each side to estimate the spread, got {len(a)} and {len(b)}")
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    return abs(statistics.mean(a) - statistics.mean(b)) > k * se
+def paired(rows: list[dict], method: str, other: str, task: str, key: str = "quality") -> PairedComparison:
+    """`method` against `other` on `task`, paired by seed (runs with the same seed share their batches): the mean
+    difference in `key` with its 95 % t interval and verdict (`lora_teach.stats.paired_comparison`), signed so
+    that "better" always means better (a lower loss on Shakespeare, a higher accuracy on the others)."""
+    sign = 1.0 if higher_is_better(task) else -1.0
+
+    def by_seed(m: str) -> dict[int, float]:
+        return {int(float(r["seed"])): sign * float(r[key]) for r in rows if (r["method"], r["task"]) == (m, task)}
+
+    a, b = by_seed(method), by_seed(other)
+    if not a or not b:
+        raise ValueError(f"no runs of {method if not a else other!r} on {task!r} in the rows given")
+    if set(a) != set(b):
+        raise ValueError(f"{method} and {other} on {task} ran different seeds ({sorted(a)} and {sorted(b)}); "
+                         "a paired comparison needs the same seeds on both sides")
+    seeds = sorted(a)
+    return paired_comparison([a[s] for s in seeds], [b[s] for s in seeds])
 
 
 # --------------------------------------------------------------------------- why soft prompts fail here

@@ -11,10 +11,10 @@ from lora_teach.compare import (
     austen_task,
     build_placement,
     choose_rates,
-    differs,
     last_hidden_states,
     linear_probe,
     make_task,
+    paired,
     run_comparison,
     run_key,
     run_one,
@@ -80,7 +80,7 @@ def test_the_grid_gives_every_method_four_rates_spanning_thirty_times():
     for method, rates in LR_GRID.items():
         assert len(rates) >= 4 and list(rates) == sorted(rates), method
         assert max(rates) / min(rates) == pytest.approx(30), method
-    assert len(GRID_SEEDS) >= 2 and len(REPORT_SEEDS) == 3 and set(GRID_SEEDS) <= set(REPORT_SEEDS)
+    assert len(GRID_SEEDS) >= 2 and len(REPORT_SEEDS) == 5 and set(GRID_SEEDS) <= set(REPORT_SEEDS)
 
 
 def _grid_row(method, task, lr, seed, val, test, label_loss=1.0):
@@ -105,13 +105,21 @@ def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_label_loss():
     assert choose_rates(rows) == {("prompt", "sentence"): 3e-2}
 
 
-def test_differs_counts_a_gap_only_beyond_two_standard_errors():
-    a, b = [0.50, 0.52, 0.54], [0.55, 0.57, 0.59]  # gap 0.05; se = sqrt(2 * 0.0004 / 3) = 0.0163
-    assert differs(a, b)  # 0.05 > 2 * 0.0163
-    assert not differs(a, b, k=4.0)  # 0.05 < 4 * 0.0163
-    assert not differs([0.5, 0.6, 0.7], [0.55, 0.65, 0.75])  # the same gap, ten times the spread
-    with pytest.raises(ValueError, match="at least two seeds"):
-        differs([0.5], [0.6, 0.7])
+def test_paired_compares_by_seed_and_signs_a_loss_so_that_better_means_lower():
+    rows = [{"method": m, "task": t, "seed": str(seed), "quality": str(q)}
+            for t in ("author", "shakespeare")
+            for m, qs in (("lora", (0.50, 0.60, 0.70)), ("full", (0.45, 0.56, 0.64)))
+            for seed, q in zip((3, 1, 2), qs, strict=True)]
+    acc = paired(rows, "lora", "full", "author")  # differences 0.05, 0.04, 0.06: tight, above zero
+    assert acc.mean == pytest.approx(0.05) and acc.verdict == "better" and acc.n == 3
+    loss = paired(rows, "lora", "full", "shakespeare")  # the same numbers as losses: lora is higher, so worse
+    assert loss.mean == pytest.approx(-0.05) and loss.verdict == "worse"
+    # unpaired, the same gap is within the spread of the seeds (0.1 between seeds); paired, it is not
+    assert acc.low > 0
+    with pytest.raises(ValueError, match="different seeds"):
+        paired(rows[:2] + rows[3:6], "lora", "full", "author")
+    with pytest.raises(ValueError, match="no runs of 'prompt'"):
+        paired(rows, "lora", "prompt", "author")
 
 
 def test_run_comparison_reuses_a_finished_run_and_reports_test_figures(base):

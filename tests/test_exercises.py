@@ -723,8 +723,8 @@ MISTAKES_10 = [
     ("check_method_for_serving", "b", "cannot be merged"),
     ("check_method_for_serving", "c", "chance"),
     ("check_method_for_serving", "a", "whole model"),
-    ("check_small_data_reading", "a", "0.003"),
-    ("check_small_data_reading", "c", "confident"),
+    ("check_small_data_reading", "a", "0.001"),
+    ("check_small_data_reading", "b", "did not learn less"),
     ("check_small_data_reading", "d", "overfitting"),
 ]
 
