@@ -49,6 +49,12 @@ def split_corpus(name: str) -> tuple[str, str]:
     return train, val
 
 
+def dialogue(text: str, min_chars: int = 20) -> str:
+    """The quoted speech of `text` (spans between straight double quotes of at least `min_chars` characters), one
+    span a line: what the characters of a novel say, without the narration around it."""
+    return "\n".join(m.strip() for m in re.findall(rf'"([^"]{{{min_chars},}})"', text))
+
+
 def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -60,10 +66,16 @@ class LanguageModelingTask:
     never saw): `eval_windows` evenly spaced validation windows, and a test window halfway between each pair
     of neighbouring validation windows, so test and validation share no character."""
 
-    def __init__(self, corpus: str, block_size: int = 128, eval_windows: int = 64):
+    def __init__(self, corpus: str, block_size: int = 128, eval_windows: int = 64, select=None, name: str = ""):
+        """`select`: a function applied to the training and the validation text (both), to model a part of the
+        corpus (`dialogue` keeps the quoted speech); `name` then names the task (default: lm-<corpus>)."""
+        if select is not None and not callable(select):
+            raise TypeError(f"select must be a function from text to text, or None, got {type(select).__name__}")
         tok = CharTokenizer()
         train, val = split_corpus(corpus)
-        self.name = f"lm-{corpus}"
+        if select is not None:
+            train, val = select(train), select(val)
+        self.name = name or f"lm-{corpus}"
         self.corpus = corpus
         self.block_size = block_size
         self.train_ids = tok.tensor(train)

@@ -125,3 +125,30 @@ class PromptTuning(nn.Module):
             nxt = sample_next(logits, temperature, top_k, generator)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
+
+
+class OutputBias(nn.Module):
+    """The frozen GPT with one trainable vector added to its logits, the same at every position: a yardstick for
+    soft prompts, not a fine-tuning method.
+
+    Petrov, Torr and Bibi ("When Do Prompting and Prefix-Tuning Work?", ICLR 2024) show that a prompt or prefix
+    cannot change how the content tokens attend to one another; it can only bias what attention returns, and so
+    steer a skill the model has rather than teach a new one. The crudest such steer is a bias on the output: it
+    shifts which characters are likely everywhere, and cannot tell one passage from another. Comparing a soft
+    prompt's gain with this bias's gain measures how much of what the prompt learned a fixed shift of the output
+    already explains. `forward(idx, targets=None, *, loss_mask=None)` as PromptTuning's."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        if not isinstance(model, GPT):
+            raise TypeError(f"model must be a lora_teach GPT, got {type(model).__name__}")
+        self.base_model = model.requires_grad_(False)
+        self.bias = nn.Parameter(torch.zeros(model.config.vocab_size, device=model.wte.weight.device,
+                                             dtype=model.wte.weight.dtype))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                loss_mask: torch.Tensor | None = None):
+        logits, _ = self.base_model(idx)
+        logits = logits + self.bias  # (B, T, vocab) + (vocab,)
+        loss = None if targets is None else masked_cross_entropy(logits, targets, loss_mask)
+        return logits, loss

@@ -175,3 +175,20 @@ def test_the_held_out_splits_do_not_depend_on_how_much_training_data_is_drawn(n_
     assert len(other.train) == 3 * n_train
     if n_train <= 300:
         assert {e.text for e in other.train} <= {e.text for e in default.train}
+
+
+def test_dialogue_keeps_the_quoted_speech_only():
+    from lora_teach.data import dialogue
+
+    text = 'He said "yes." Then: "I am quite sure of it, sir," she replied, "and so is my sister."'
+    assert dialogue(text).splitlines() == ["I am quite sure of it, sir,", "and so is my sister."]
+
+
+def test_a_language_modelling_task_can_model_part_of_a_corpus():
+    from lora_teach.data import dialogue
+
+    whole = LanguageModelingTask("austen")
+    part = LanguageModelingTask("austen", select=dialogue, name="lm-austen-dialogue")
+    assert part.name == "lm-austen-dialogue" and 0 < len(part.train_ids) < len(whole.train_ids)
+    with pytest.raises(TypeError, match="select must be a function"):
+        LanguageModelingTask("austen", select="dialogue")

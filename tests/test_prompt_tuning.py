@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from small_models import assert_unchanged, ids, small_gpt, snapshot
+from small_models import assert_unchanged, ids, small_gpt, snapshot, tiny_gpt
 
 from lora_teach.measure import count_parameters
 from lora_teach.model import GPT, GPTConfig, masked_cross_entropy
@@ -152,3 +152,39 @@ def test_input_too_long_for_block_size_is_refused_and_names_the_limit(model):
         pt(ids(1, 23))
     with pytest.raises(ValueError, match="batch, time"):
         pt(ids(1, 5)[0])
+
+
+def test_output_bias_starts_as_the_base_and_trains_only_its_vector():
+    from lora_teach.prompt_tuning import OutputBias
+
+    base = tiny_gpt()
+    idx = torch.randint(0, base.config.vocab_size, (2, 7))
+    expected = base(idx)[0]
+    wrapped = OutputBias(base)
+    assert torch.equal(wrapped(idx)[0], expected)
+    assert [n for n, p in wrapped.named_parameters() if p.requires_grad] == ["bias"]
+    assert wrapped.bias.shape == (base.config.vocab_size,)
+
+
+def test_output_bias_cannot_tell_one_position_or_passage_from_another():
+    """Whatever the bias learns, the gap between the logits of any two positions, of any two passages, is the
+    base's own: the bias moves every position's logits by the same vector."""
+    from lora_teach.prompt_tuning import OutputBias
+
+    base = tiny_gpt()
+    wrapped = OutputBias(base)
+    with torch.no_grad():
+        wrapped.bias.normal_()
+    idx = torch.randint(0, base.config.vocab_size, (3, 9))
+    ours, theirs = wrapped(idx)[0], base(idx)[0]
+    torch.testing.assert_close(ours - ours[:1, :1], theirs - theirs[:1, :1])
+    loss = wrapped(idx, idx)[1]
+    loss.backward()
+    assert wrapped.bias.grad is not None and all(p.grad is None for p in base.parameters())
+
+
+def test_output_bias_refuses_a_model_that_is_not_ours():
+    from lora_teach.prompt_tuning import OutputBias
+
+    with pytest.raises(TypeError, match="lora_teach GPT"):
+        OutputBias(torch.nn.Linear(2, 2))
