@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import to_rgb
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Polygon
 
-from .plotting import METHOD_STYLES, method_style
+from .plotting import METHOD_STYLE, method_style
 
 FROZEN = {"facecolor": "#E6E6E6", "edgecolor": "#4D4D4D", "role": "frozen"}
-TRAINABLE = {"facecolor": "#BFE6D6", "edgecolor": METHOD_STYLES["lora"]["color"], "role": "trainable:lora"}
+TRAINABLE = {"facecolor": "#BFE6D6", "edgecolor": METHOD_STYLE["lora"]["color"], "role": "trainable:lora"}
 INK = "#1A1A1A"
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 

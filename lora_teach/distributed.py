@@ -31,12 +31,14 @@ from pathlib import Path
 
 import torch
 
+from .methods import LORA_ALPHA, LORA_R, LORA_TARGETS
+
 LOOPBACK = "127.0.0.1"
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets for each rank
 JOBS = ("ddp", "fsdp", "course", "hang", "fail")  # what lora_teach.distributed_worker can run
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
-METHODS = {"full": None, "lora q,v": ("q_proj", "v_proj"), "lora all-linear": ALL_LINEAR}  # None: every weight
-RANK, ALPHA = 8, 16  # LoRA's rank and alpha here, as in notebooks 09 and 10
+# the course's two LoRA settings (lora_teach.methods, as notebooks 09 and 10 train them); None: every weight trains
+METHODS = {"full": None, "lora q,v": LORA_TARGETS["lora"], "lora all-linear": LORA_TARGETS["lora-all"]}
+RANK, ALPHA = LORA_R, LORA_ALPHA
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STEPS, BATCH, BLOCK, LR = 3, 4, 64, 3e-3  # default run: 3 AdamW steps, 4 windows of 64 characters per rank
 

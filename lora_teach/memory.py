@@ -292,6 +292,7 @@ def qlora_paper_65b(batch: int = 1, seq: int = 512) -> dict:
 
 # ------------------------------------------------------------------------------------ what fits on which GPU
 GPUS = {"T4 16 GB": 16e9, "L4 24 GB": 24e9, "A100 40 GB": 40e9, "A100 80 GB": 80e9}  # nominal memory, bytes
+GPU_KINDS = {**GPUS, "RTX 3090/4090 24 GB": 24e9, "H100 80 GB": 80e9}  # GPUS (the fit table's) and two more
 GPU_RESERVED = 1e9  # kept free on every GPU: the CUDA context, its kernels and the allocator's slack
 LOGIT_BYTES = 8  # per logit of a training step: the fp32 logits the loss reads and their fp32 gradient
 FIT_METHODS = {
@@ -347,10 +348,10 @@ def fine_tuning_memory(model, method: str, *, r: int = 16, batch: int = 1, seq: 
 
 
 def fits(total_bytes: float, gpu: str) -> bool:
-    """Whether a training step of `total_bytes` fits on `gpu` (GPUS) with GPU_RESERVED kept free."""
-    if gpu not in GPUS:
-        raise ValueError(f"gpu must be one of {list(GPUS)}, got {gpu!r}")
-    return total_bytes + GPU_RESERVED <= GPUS[gpu]
+    """Whether `total_bytes` fit on one `gpu` (GPU_KINDS) with GPU_RESERVED kept free."""
+    if gpu not in GPU_KINDS:
+        raise ValueError(f"gpu must be one of {list(GPU_KINDS)}, got {gpu!r}")
+    return total_bytes + GPU_RESERVED <= GPU_KINDS[gpu]
 
 
 def fit_table(models=tuple(REAL_MODELS), methods=tuple(FIT_METHODS), **settings) -> list[dict]:
@@ -384,7 +385,6 @@ OFFLOAD = {
            "stage 3 only",
 }
 PREFETCH_BLOCKS = 2  # under stage 3 a GPU holds the gathered weights of the block it computes and of the next one
-GPU_KINDS = {**GPUS, "RTX 3090/4090 24 GB": 24e9, "H100 80 GB": 80e9}  # nominal memory, bytes
 SHARDING_ASSUMPTIONS = ("model states as ZeRO counts them (weights, gradients, optimizer state; memory_estimate); "
                         f"under stage 3 the gathered weights of {PREFETCH_BLOCKS} blocks at a time (the one being "
                         "computed and the next, prefetched); per GPU its own micro-batch's activations, "
@@ -462,10 +462,9 @@ def gpus_needed(model, method: str = "full", gpu: str = "A100 80 GB", *, stage: 
     if gpu not in GPU_KINDS:
         raise ValueError(f"gpu must be one of {list(GPU_KINDS)}, got {gpu!r}")
     _check_sharding(1, stage, offload)
-    room = GPU_KINDS[gpu] - GPU_RESERVED
 
     def fits_on(n: int) -> bool:
-        return sharded_memory(model, method, gpus=n, stage=stage, offload=offload, **settings)["total"] <= room
+        return fits(sharded_memory(model, method, gpus=n, stage=stage, offload=offload, **settings)["total"], gpu)
 
     if fits_on(1):
         return 1
@@ -495,7 +494,6 @@ def fsdp_qlora_70b(seq: int = 512, r: int = 16, gpu: str = "RTX 3090/4090 24 GB"
     one = sharded_memory("70b", "lora", gpus=1, stage=0, **qlora)
     lora16 = sharded_memory("70b", "lora", gpus=2, stage=3, r=r, targets="all linear", precision="bf16-mixed",
                             batch=1, seq=seq)
-    room = GPU_KINDS[gpu] - GPU_RESERVED
-    return {"two_gpus": two, "one_gpu": one, "bf16_base_two_gpus": lora16, "room": room,
-            "fits_two": two["total"] <= room, "fits_one": one["total"] <= room,
-            "fits_bf16_base_two": lora16["total"] <= room}
+    return {"two_gpus": two, "one_gpu": one, "bf16_base_two_gpus": lora16, "room": GPU_KINDS[gpu] - GPU_RESERVED,
+            "fits_two": fits(two["total"], gpu), "fits_one": fits(one["total"], gpu),
+            "fits_bf16_base_two": fits(lora16["total"], gpu)}

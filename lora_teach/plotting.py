@@ -59,7 +59,6 @@ METHOD_STYLE = {
     "qlora": {"color": "#999933", "linestyle": (0, (6, 1, 2, 1)), "marker": "h"},
     "dora": {"color": "#882255", "linestyle": (0, (9, 2, 1, 2)), "marker": "*"},
 }
-METHOD_STYLES = METHOD_STYLE  # the name the course used first
 METHOD_LABELS = {
     "base": "base model", "full": "full fine-tuning", "adapters": "adapters", "prefix": "prefix tuning",
     "prompt": "prompt tuning", "p-tuning": "P-tuning", "lora": "LoRA", "lora-all": "LoRA, all linear layers",

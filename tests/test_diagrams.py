@@ -168,9 +168,9 @@ def test_readable_log_axis_writes_plain_numbers():
 
 
 def test_every_method_has_its_own_colour():
-    from lora_teach.plotting import METHOD_STYLES
+    from lora_teach.plotting import METHOD_STYLE
 
-    colours = [s["color"] for s in METHOD_STYLES.values()]
+    colours = [s["color"] for s in METHOD_STYLE.values()]
     assert len(set(colours)) == len(colours)
 
 
