@@ -47,8 +47,10 @@ setup-cpu: $(BIN)/python ## like setup, with the CPU build of torch (a Linux lap
 
 setup-dev: $(VENV)/.dev ## add what the tests, the benchmarks and the linter need (requirements-dev.txt)
 
+# HF_HUB_OFFLINE=1: the course needs nothing from the Hugging Face Hub (bitsandbytes would otherwise ask it for an
+# optional CPU kernel). To try notebook 11's or 14's MODEL switch with a Hub model, start `jupyter lab` without it.
 lab: setup ## open the course in JupyterLab
-	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
+	HF_HUB_OFFLINE=1 $(BIN)/jupyter lab notebooks/00_start_here.ipynb
 
 clean: ## remove .venv/, build/ and the caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info

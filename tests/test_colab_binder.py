@@ -140,3 +140,19 @@ def test_readme_shows_the_badges_and_points_teachers_to_the_workshop_guide():
     start = "notebooks/00_start_here.ipynb"
     assert colab.colab_url(REPO, start) in readme and colab.binder_url(REPO, start) in readme
     assert "docs/WORKSHOP.md" in readme
+
+
+def test_binder_and_make_lab_run_the_course_offline():
+    """Nothing is downloaded while a learner works: Binder's start script and `make lab` switch the Hub off
+    (bitsandbytes would otherwise ask it for an optional CPU kernel at import), and the start script then runs
+    the command it was given."""
+    import os
+    import subprocess
+
+    start = ROOT / "start"
+    assert os.access(start, os.X_OK), "repo2docker runs `start` only if it is executable"
+    out = subprocess.run([str(start), "sh", "-c", "echo $HF_HUB_OFFLINE"], capture_output=True, text=True,
+                         check=True, env={k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"})
+    assert out.stdout.strip() == "1"
+    lab = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "jupyter lab" in line)
+    assert lab.strip().startswith("HF_HUB_OFFLINE=1 ")
