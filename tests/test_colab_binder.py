@@ -154,5 +154,5 @@ def test_binder_and_make_lab_run_the_course_offline():
     out = subprocess.run([str(start), "sh", "-c", "echo $HF_HUB_OFFLINE"], capture_output=True, text=True,
                          check=True, env={k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"})
     assert out.stdout.strip() == "1"
-    lab = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "jupyter lab" in line)
+    lab = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "/jupyter lab " in line)
     assert lab.strip().startswith("HF_HUB_OFFLINE=1 ")
