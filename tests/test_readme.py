@@ -11,9 +11,20 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def markdown_words(path: Path) -> int:
+def markdown_words(path: Path, main_path_only: bool = False) -> int:
+    """Words of a notebook's markdown; `main_path_only`: without what is folded in <details> blocks."""
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    return sum(len(re.findall(r"\S+", "".join(c["source"]))) for c in cells if c["cell_type"] == "markdown")
+    texts = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    if main_path_only:
+        texts = [re.sub(r"<details>.*?</details>", "", t, flags=re.S) for t in texts]
+    return sum(len(re.findall(r"\S+", t)) for t in texts)
+
+
+def test_the_main_path_figure_is_the_words_outside_the_optional_sections():
+    m = re.search(r"About ([\d,]+) of those words are each notebook's main path", README)
+    assert m, "the README states the main path's words"
+    actual = sum(markdown_words(nb, main_path_only=True) for nb in NOTEBOOKS)
+    assert abs(int(m[1].replace(",", "")) - actual) / actual < 0.15
 
 
 def test_every_relative_link_and_image_of_the_readme_exists():
