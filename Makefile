@@ -14,9 +14,9 @@ FAST = not slow and not notebooks and not browser
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-dev lab clean test test-fast test-notebooks check-rerun lint \
-	run-notebooks budget budget-docs headers check-headers teacher student html \
+	run-notebooks budget budget-docs headers check-headers docs-images teacher student html \
 	pretrain-base precompute-lora-updates lr-grid prompt-placement sweep-lora-rank \
-	compare-methods lora-performance qlora-performance method-timings lora-family
+	compare-methods output-bias lora-performance qlora-performance method-timings lora-family
 
 ##@ Set up and open the course
 help: ## list every target with what it does (the default target)
@@ -89,6 +89,9 @@ headers: setup ## write the Colab / Binder badges and the Colab set-up cell into
 check-headers: setup ## exit 1 if a notebook's badges or Colab set-up cell are out of sync
 	$(RUN) tools/sync_notebook_headers.py --check
 
+docs-images: setup ## draw the README's and the site's figures into docs/images/ (after changing a diagram)
+	$(RUN) tools/make_docs_images.py
+
 ##@ Editions of the course, into build/ (git-ignored; docs/WORKSHOP.md)
 teacher: setup ## solutions filled in between nbgrader's markers, into build/teacher/
 	$(RUN) tools/build_editions.py teacher $(ARGS)
@@ -125,8 +128,11 @@ prompt-placement: setup ## soft prompts before or after the passage (about 17 mi
 sweep-lora-rank: setup ## notebook 09's sweep of LoRA's rank, alpha and targets (about 10 minutes)
 	$(RUN) experiments/sweep_lora_rank.py $(ARGS)
 
-compare-methods: setup ## every method at its chosen rate, three seeds: the README's table (ARGS=--quick)
+compare-methods: setup ## every method at its chosen rate, five seeds: docs/PERFORMANCE.md's table (ARGS=--quick)
 	$(RUN) experiments/compare_methods.py $(ARGS)
+
+output-bias: setup ## notebook 05's yardstick, a trained output bias, five seeds (about 5 minutes; ARGS=--dialogue)
+	$(RUN) experiments/output_bias.py $(ARGS)
 
 ##@ Benchmarks (results in lora_teach/results/)
 lora-performance: setup-dev ## our LoRA's step against PEFT's and full fine-tuning; merged inference; memory

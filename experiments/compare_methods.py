@@ -1,16 +1,16 @@
-"""Report every method at the learning rate chosen on validation, on the test split, over three seeds.
+"""Report every method at the learning rate chosen on validation, on the test split, over five seeds.
 
-    python experiments/compare_methods.py            # 3 tasks x 7 methods x 3 seeds at the grid's chosen rates
+    python experiments/compare_methods.py            # 3 tasks x 7 methods x 5 seeds at the grid's chosen rates
     python experiments/compare_methods.py --quick    # reduced: author task, the six methods, 20 steps, one seed
     python experiments/compare_methods.py --small-data   # also the small-data curves (full fine-tuning and LoRA)
 
 The rates come from `lora_teach/results/lr_grid.csv` (`python experiments/lr_grid.py`), chosen on validation by
 `lora_teach.compare.choose_rates`. A run the grid already made (same method, task, rate, seed and budget) is
-the same computation, so its row is reused rather than trained again: the full comparison trains only the third
-seed. comparison_runs.csv is rewritten after every run, and a restart reuses the runs it holds, so an interrupted
-comparison resumes. Running time of the full comparison: 21 runs, about 4 minutes of CPU on two quiet cores after
-the grid; --small-data adds 2 runs of 150 steps. --quick (six runs of 20 steps) took 105 s of CPU time, 3 minutes
-of wall time on two cores shared with other jobs.
+the same computation, so its row is reused rather than trained again: the full comparison trains only the three
+seeds after the grid's two. comparison_runs.csv is rewritten after every run, and a restart reuses the runs it
+holds, so an interrupted comparison resumes. Running time: 21 runs (one seed) took about 4 minutes of CPU on two
+quiet cores, so the full comparison after the grid (63 runs) takes about 12; --small-data adds runs of 150
+steps. --quick (six runs of 20 steps) took 105 s of CPU time, 3 minutes of wall time on two busy cores.
 
 Writes, under --out (default lora_teach/results/, shipped with the package so notebook 10 reads it anywhere):
     comparison_runs.csv       one row per (method, task, seed); `quality` and `austen_loss` are test figures

@@ -7,7 +7,7 @@
 Each run trains for `compare.STEPS` steps of `compare.BATCH_SIZE` examples (`lora_teach.compare.run_one`) and
 records the task's metric on validation and on test (and, for Shakespeare, held-out Austen afterwards). Only
 the validation columns choose a rate (`compare.choose_rates`); `experiments/compare_methods.py` then reports the
-chosen rate's test figures over three seeds. Rows are appended to the CSV as runs finish, and a restart skips
+chosen rate's test figures over five seeds. Rows are appended to the CSV as runs finish, and a restart skips
 every run already in the file, so an interrupted grid resumes where it stopped.
 
 Writes `lora_teach/results/lr_grid.csv` by default (one row per run, the columns of `compare.RUN_FIELDS`).

@@ -201,3 +201,17 @@ def test_the_cpu_setup_installs_the_pinned_torch_from_the_cpu_index():
     assert f"pip install torch=={pin[1]} --index-url https://download.pytorch.org/whl/cpu" in logistics, \
         "LOGISTICS.md's plain command pins the same torch as requirements.txt"
     assert "make setup-cpu" in logistics
+
+
+# ------------------------------------------------------------------------------------------ scripts and make
+def test_every_script_has_a_make_target_that_make_help_lists():
+    """Every runnable script under experiments/, benchmarks/ and tools/ is run by a Makefile target with a `##`
+    description (what `make help` prints); a module without a __main__ block is a library, not a script."""
+    makefile = (ROOT / "Makefile").read_text()
+    described = dict(re.findall(r"^([\w-]+):[^\n]*## [^\n]+\n((?:\t[^\n]*\n)+)", makefile, re.M))
+    scripts = [p for folder in ("experiments", "benchmarks", "tools") for p in sorted((ROOT / folder).glob("*.py"))
+               if '__name__ == "__main__"' in p.read_text()]
+    assert len(scripts) >= 15, "the scan found the scripts"
+    missing = [str(p.relative_to(ROOT)) for p in scripts
+               if not any(str(p.relative_to(ROOT)) in recipe for recipe in described.values())]
+    assert not missing, f"no described Makefile target runs {missing}"
