@@ -3,6 +3,7 @@
     python experiments/compare_methods.py            # 3 tasks x 7 methods x 5 seeds at the grid's chosen rates
     python experiments/compare_methods.py --quick    # reduced: author task, the six methods, 20 steps, one seed
     python experiments/compare_methods.py --small-data   # also the small-data curves (full fine-tuning and LoRA)
+    python experiments/compare_methods.py --longer --shard 0/2   # and --shard 1/2 in a second process
 
 The rates come from `lora_teach/results/lr_grid.csv` (`python experiments/lr_grid.py`), chosen on validation by
 `lora_teach.compare.choose_rates`. A run the grid already made (same method, task, rate, seed and budget) is
@@ -18,6 +19,12 @@ Writes, under --out (default lora_teach/results/, shipped with the package so no
     small_data_curves.csv     (--small-data) full fine-tuning and LoRA on 8 passages per author
 and prints docs/PERFORMANCE.md's comparison table (full run). The timings of notebook 10 are a benchmark:
 `benchmarks/method_timings.py`.
+
+--longer: the second budget, to see whether the ranking holds when the run is longer and starts gently: every
+method at the same chosen rate and seeds, `compare.LONGER_STEPS` steps of which the first `LONGER_WARMUP` warm the
+rate up linearly. Appends one row per run to comparison_longer_runs.csv (the run columns and `warmup`); several
+processes (--shard i/n, one torch thread each) may share the file, and a restart skips the runs it holds. 105 runs
+of 300 steps: about 35 minutes as two processes on two quiet cores.
 """
 
 from __future__ import annotations
@@ -36,24 +43,30 @@ import torch  # noqa: E402
 
 from lora_teach import load_base_model  # noqa: E402
 from lora_teach.compare import (  # noqa: E402
+    BATCH_SIZE,
     COURSE_METHODS,
     GRID_METHODS,
+    LONGER_STEPS,
+    LONGER_WARMUP,
     QUICK,
     REPORT_SEEDS,
+    RUN_FIELDS,
     TASKS,
     Budget,
     austen_task,
     chosen_rates,
     make_task,
+    parse_shard,
     quality,
     run_comparison,
     run_key,
+    run_one,
     summarise,
 )
 from lora_teach.data import author_task  # noqa: E402
 from lora_teach.methods import get_method  # noqa: E402
 from lora_teach.plotting import method_style, use_course_style  # noqa: E402
-from lora_teach.results import RESULTS, read_csv, write_csv  # noqa: E402
+from lora_teach.results import RESULTS, append_row, read_csv, write_csv  # noqa: E402
 from lora_teach.training import SEED, seed_everything, train  # noqa: E402
 
 TABLE_NAMES = {"base": "base (no training)", "full": "full", "adapters": "adapters", "prefix": "prefix",
@@ -142,6 +155,29 @@ def finished_runs(grid: Path, previous: Path) -> dict[tuple, dict]:
     return done
 
 
+def longer_runs(base: torch.nn.Module, rates: dict, path: Path, seeds, shard: str = "0/1") -> list[dict]:
+    """This shard's runs of the longer budget (every (task, method, seed) at the chosen rate, LONGER_STEPS steps
+    with LONGER_WARMUP of warmup), appended to `path` as they finish; the runs `path` holds are skipped."""
+    i, n = parse_shard(shard)
+    fields = (*RUN_FIELDS, "warmup")
+    held = read_csv(path, missing_ok=True)
+    if held and tuple(held[0]) != fields:
+        raise ValueError(f"{path} has the columns {list(held[0])}, not {list(fields)}: move it away")
+    done = {(r["method"], r["task"], int(r["seed"])) for r in held}
+    runs = [(m, t, s) for t in TASKS for m in GRID_METHODS for s in seeds][i::n]
+    austen = austen_task()
+    rows, t0 = [], time.perf_counter()
+    for method, task, seed in (r for r in runs if r not in done):
+        row = run_one(method, task, base, seed, LONGER_STEPS, BATCH_SIZE, rates[(method, task)],
+                      austen if task == "shakespeare" else None, time_step=False, warmup=LONGER_WARMUP)
+        row["warmup"] = LONGER_WARMUP
+        append_row(path, row, fields)
+        rows.append(row)
+        print(f"[{time.perf_counter() - t0:6.0f} s] {task:11s} {method:9s} seed {seed} test {row['quality_test']:.3f}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced configuration")
@@ -152,10 +188,14 @@ def main(argv=None) -> None:
     ap.add_argument("--figure", type=Path, help="also save a figure of quality against parameters and memory")
     ap.add_argument("--seeds", type=int, default=len(REPORT_SEEDS),
                     help=f"seeds per (method, task), from {SEED} up (default {len(REPORT_SEEDS)})")
+    ap.add_argument("--longer", action="store_true", help="the second, longer budget with warmup (see above)")
+    ap.add_argument("--shard", default="0/1", help="with --longer: i/n, run every n-th run from run i")
     args = ap.parse_args(argv)
     if args.seeds < 2:
         raise ValueError(f"--seeds must be at least 2 (a spread needs two runs), got {args.seeds}")
     out, grid = args.out.resolve(), args.grid.resolve()
+    if args.longer and args.threads is None:
+        args.threads = 1  # one thread per process: the shards share the cores
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive int, got {args.threads}")
@@ -169,6 +209,9 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = load_base_model(device)
+    if args.longer:
+        longer_runs(base, rates, out / "comparison_longer_runs.csv", budget.seeds, args.shard)
+        return
     t0 = time.perf_counter()
     done = {} if args.quick else finished_runs(grid, out / "comparison_runs.csv")
     rows: list[dict] = []

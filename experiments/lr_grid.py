@@ -38,6 +38,7 @@ from lora_teach.compare import (
     TASKS,
     austen_task,
     grid_rates,
+    parse_shard,
     run_one,
 )
 from lora_teach.methods import get_method
@@ -50,17 +51,6 @@ def grid_runs(methods=GRID_METHODS, tasks=TASKS, seeds=GRID_SEEDS, grid=None) ->
     for method in methods:
         get_method(method)  # an unknown name is refused here, naming the methods there are
     return [(m, t, lr, s) for t in tasks for m in methods for lr in grid[m] for s in seeds]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n): this process runs every n-th run of the list, starting at run i (0 <= i < n)."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
-    return i, n
 
 
 def done_runs(path: Path, steps: int, batch_size: int) -> set[tuple[str, str, float, int]]:

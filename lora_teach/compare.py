@@ -36,6 +36,9 @@ GRID_METHODS = tuple(METHODS)  # and LoRA on every linear layer of the blocks ("
 TASKS = ("shakespeare", "author", "sentence")
 LM_BLOCK = 96  # LM windows leave room for 20 virtual tokens inside the 128 positions
 STEPS, BATCH_SIZE = 100, 16  # every run of the grid and of the comparison
+# The second budget, to see whether the ranking holds: three times the steps, the first 10 % a linear warmup to the
+# chosen rate (then constant, as in the grid), the same rates, seeds and batch size (`compare_methods.py --longer`).
+LONGER_STEPS, LONGER_WARMUP = 300, 30
 
 # Four rates per method, each spanning 30x around the range the method is usually trained with.
 LR_GRID = {
@@ -112,10 +115,11 @@ RUN_FIELDS = ("method", "task", "lr", "seed", "steps", "batch_size", "trainable"
 
 
 def run_one(method: str, task_name: str, base: torch.nn.Module, seed: int, steps: int, batch_size: int,
-            lr: float, austen=None, progress: bool = False, time_step: bool = True) -> dict:
-    """Train `method` on `task_name` from `base` at learning rate `lr`; return one row of measurements, the
-    task's metric on both held-out splits (`quality_val`, `quality_test`), and for Shakespeare runs, when
-    `austen` is given, the loss on held-out Austen afterwards (forgetting: `austen_loss_val`, `_test`)."""
+            lr: float, austen=None, progress: bool = False, time_step: bool = True, warmup: int = 0) -> dict:
+    """Train `method` on `task_name` from `base` at learning rate `lr` (after `warmup` steps of linear warmup);
+    return one row of measurements, the task's metric on both held-out splits (`quality_val`, `quality_test`),
+    and for Shakespeare runs, when `austen` is given, the loss on held-out Austen afterwards (forgetting:
+    `austen_loss_val`, `_test`)."""
     spec = get_method(method)
     task = make_task(task_name)
     seed_everything(seed)
@@ -127,7 +131,8 @@ def run_one(method: str, task_name: str, base: torch.nn.Module, seed: int, steps
            "trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total,
            "weights_bytes": memory["weights"], "gradient_bytes": memory["gradients"],
            "optimizer_bytes": memory["optimizer"], "activation_bytes": activation_memory(model, batch)}
-    hist = train(model, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+    hist = train(model, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
+                 warmup=warmup)
     row["wall_s"] = hist.seconds
     row["train_loss_end"] = statistics.mean(hist.loss[-10:])
     for split in ("val", "test"):
@@ -138,6 +143,17 @@ def run_one(method: str, task_name: str, base: torch.nn.Module, seed: int, steps
     if time_step:  # taken during a long run on a shared machine: for orientation, not for reporting
         row["step_ms"] = 1000 * step_time(model, batch, steps=5, warmup=2)
     return row
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n): a process runs every n-th run of a list, starting at run i (0 <= i < n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like 0/2 (this shard / number of shards), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
 
 
 def run_key(row: dict) -> tuple[str, str, float, int, int]:

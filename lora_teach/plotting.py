@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 import sys
 from pathlib import Path
@@ -245,14 +246,17 @@ def readable_log_axis(ax, axis: str = "x", subs=(1.0, 3.0)):
 
 
 def plot_classification(histories: dict, chance: float, start: dict | None = None, axes=None,
-                        smooth: int = 5, labels: dict | None = None):
+                        smooth: int = 5, labels: dict | None = None, decision_loss: bool = False):
     """Two panels for classification runs of {method: History} trained with `eval_every`: validation accuracy
     (with the chance line) on the left, the label loss on the right (training: running mean, line; validation:
-    open markers). `start` = the base model's task.evaluate(...) is drawn at step 0. `labels` overrides the legend
-    names, e.g. {"adapters": "Houlsby adapters"}. Returns the two axes."""
+    open markers). With `decision_loss=True` a third panel: the validation decision loss (the cross-entropy over
+    the labels alone) with a line at ln(1 / chance), a model that gives every label the same probability.
+    `start` = the base model's task.evaluate(...) is drawn at step 0. `labels` overrides the legend names, e.g.
+    {"adapters": "Houlsby adapters"}. Returns the axes (two, or three with the decision loss)."""
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8), constrained_layout=True)
-    ax_acc, ax_loss = axes
+        panels = 3 if decision_loss else 2
+        fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.8), constrained_layout=True)
+    ax_acc, ax_loss = axes[:2]
     for method, hist in histories.items():
         if not hist.evals:
             raise ValueError(f"the history of {method!r} has no evaluations: train it with eval_every=...")
@@ -268,13 +272,27 @@ def plot_classification(histories: dict, chance: float, start: dict | None = Non
                      linestyle=style["linestyle"], label=f"{style['label']}, training")
         ax_loss.plot(steps, val_loss, marker=style["marker"] or "o", markerfacecolor="white", color=style["color"],
                      linestyle="none", label=f"{style['label']}, validation")
+        if decision_loss:
+            decision = hist.eval_series("decision_loss")[1]
+            if start is not None:
+                decision = [start["decision_loss"], *decision]
+            axes[2].plot(steps, decision, **style)
     chance_line(ax_acc, chance)
     ax_acc.set_ylim(0, 1)
     ax_acc.set_xlabel("training step")
     ax_acc.set_ylabel("validation accuracy")
     ax_loss.set_xlabel("training step")
     ax_loss.set_ylabel("label loss (nats per character)")
-    legend_outside(ax_loss)
+    if decision_loss:  # three panels: the legends go below and inside, not beside
+        ax_loss.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=MIN_FONT_PT)
+        uniform = math.log(1 / chance)
+        axes[2].axhline(uniform, **{**CHANCE_STYLE, "label": f"equal probabilities, ln {round(1 / chance)} = "
+                                                             f"{uniform:.3f}"})
+        axes[2].legend(loc="best", fontsize=MIN_FONT_PT)
+        axes[2].set_xlabel("training step")
+        axes[2].set_ylabel("validation decision loss (nats)")
+    else:
+        legend_outside(ax_loss)
     return axes
 
 

@@ -140,6 +140,28 @@ def test_plot_classification_puts_accuracy_with_chance_beside_label_loss():
         plt.close(ax_acc.figure)
 
 
+def test_plot_classification_can_add_the_decision_loss_with_the_equal_probabilities_line():
+    import math
+
+    from lora_teach.plotting import plot_classification
+
+    hist = _history([0.5, 0.6], [0.4, 0.3])
+    for (_, metrics), decision in zip(hist.evals, [1.5, 2.5], strict=True):
+        metrics["decision_loss"] = decision
+    axes = plot_classification({"full": hist}, chance=1 / 3, decision_loss=True,
+                               start={"accuracy": 0.3, "label_loss": 3.0, "decision_loss": 1.1})
+    try:
+        assert len(axes) == 3
+        curve, uniform = axes[2].lines
+        assert list(curve.get_ydata()) == [1.1, 1.5, 2.5] and list(curve.get_xdata()) == [0, 5, 10]
+        assert list(uniform.get_ydata()) == pytest.approx([math.log(3)] * 2)
+        assert "ln 3 = 1.099" in uniform.get_label() and "decision loss" in axes[2].get_ylabel()
+        assert "ln 3 = 1.099" in [t.get_text() for t in axes[2].get_legend().get_texts()][-1]
+    finally:
+        plt.close(axes[0].figure)
+    assert len(plot_classification({"full": hist}, chance=1 / 3)) == 2  # two panels unless asked
+
+
 def test_plot_classification_refuses_a_run_without_evaluations():
     from lora_teach.plotting import plot_classification
     from lora_teach.training import History

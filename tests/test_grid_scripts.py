@@ -96,3 +96,35 @@ def test_the_decision_loss_keeps_only_the_first_label_character():
     assert set(y[mask].tolist()) <= set(task.first_ids.tolist())
     with pytest.raises(ValueError, match="unknown loss 'word'"):
         script.DecisionOnly(task, "word")
+
+
+@pytest.mark.slow
+def test_the_longer_budget_warms_up_appends_each_run_once_and_resumes(tmp_path, monkeypatch):
+    """`compare_methods.py --longer`, cut to 4 steps and one of its runs: the row records the budget and the
+    warmup, a second call with the file in place runs nothing, and a file with other columns is refused."""
+    from lora_teach import load_base_model
+    from lora_teach.compare import chosen_rates
+
+    script = load_script("experiments/compare_methods.py")
+    monkeypatch.setattr(script, "LONGER_STEPS", 4)
+    monkeypatch.setattr(script, "LONGER_WARMUP", 2)
+    warmups = []
+    real_train = script.run_one.__globals__["train"]
+
+    def spy(*args, **kwargs):
+        warmups.append(kwargs["warmup"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setitem(script.run_one.__globals__, "train", spy)
+    path, base = tmp_path / "longer.csv", load_base_model()
+    n_runs = len(TASKS) * len(GRID_METHODS)  # one seed: shard i/n_runs is run i alone
+    rows = script.longer_runs(base, chosen_rates(), path, seeds=(1337,), shard=f"{n_runs - 1}/{n_runs}")
+    saved = read_csv(path)
+    assert len(rows) == len(saved) == 1 and warmups == [2]
+    assert (saved[0]["task"], saved[0]["method"]) == (TASKS[-1], GRID_METHODS[-1])
+    assert (int(saved[0]["steps"]), int(saved[0]["warmup"])) == (4, 2)
+    assert script.longer_runs(base, chosen_rates(), path, seeds=(1337,), shard=f"{n_runs - 1}/{n_runs}") == []
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="has the columns"):
+        script.longer_runs(base, chosen_rates(), other, seeds=(1337,))
