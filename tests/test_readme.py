@@ -27,6 +27,13 @@ def test_the_main_path_figure_is_the_words_outside_the_optional_sections():
     assert abs(int(m[1].replace(",", "")) - actual) / actual < 0.15
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_each_notebooks_main_path_reads_in_one_sitting(path):
+    """At most 2,500 words of markdown outside the optional <details> sections (about 20 minutes of reading)."""
+    words = markdown_words(path, main_path_only=True)
+    assert words <= 2500, f"{path.name}: {words} words on the main path; fold the optional parts into <details>"
+
+
 def test_every_relative_link_and_image_of_the_readme_exists():
     targets = re.findall(r"\]\(((?!https?://|#)[^)\s]+)\)", README)
     assert targets, "the README links to the course's files"
