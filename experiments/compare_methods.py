@@ -24,7 +24,7 @@ and prints docs/PERFORMANCE.md's comparison table (full run). The timings of not
 method at the same chosen rate and seeds, `compare.LONGER_STEPS` steps of which the first `LONGER_WARMUP` warm the
 rate up linearly. Appends one row per run to comparison_longer_runs.csv (the run columns and `warmup`); several
 processes (--shard i/n, one torch thread each) may share the file, and a restart skips the runs it holds. 105 runs
-of 300 steps: about 35 minutes as two processes on two quiet cores.
+of 300 steps took 23 minutes as two processes on two quiet cores.
 """
 
 from __future__ import annotations
