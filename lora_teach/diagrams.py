@@ -242,7 +242,7 @@ def draw_full_fine_tuning(ax=None):
     """Figure: every weight of the model trains: embeddings, each block's layer norms, attention and MLP, the head."""
     fig, ax = _canvas(ax, (-0.5, 9.5), (-2.9, 10.2), figsize=(6.6, 8.6))
     _title(ax, 4.5, 9.95, "Full fine-tuning: every weight trains")
-    _part(ax, 3.0, -1.1, 3.6, 0.6, "token + position embeddings", "full")
+    _part(ax, 3.0, -1.1, 4.2, 0.6, "token + position embeddings", "full")
     _note(ax, 3.0, -1.95, "$x$ (characters)", size=11)
     _arrow(ax, (3.0, -0.8), (3.0, 0.0))
     top = _block(ax, 3.0, 0.0, trained=("ln", "attn", "mlp"), method="full")
