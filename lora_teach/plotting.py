@@ -286,8 +286,7 @@ def plot_classification(histories: dict, chance: float, start: dict | None = Non
     if decision_loss:  # three panels: the legends go below and inside, not beside
         ax_loss.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=MIN_FONT_PT)
         uniform = math.log(1 / chance)
-        axes[2].axhline(uniform, **{**CHANCE_STYLE, "label": f"equal probabilities, ln {round(1 / chance)} = "
-                                                             f"{uniform:.3f}"})
+        axes[2].axhline(uniform, **CHANCE_STYLE, label=f"equal probabilities, ln {round(1 / chance)} = {uniform:.3f}")
         axes[2].legend(loc="best", fontsize=MIN_FONT_PT)
         axes[2].set_xlabel("training step")
         axes[2].set_ylabel("validation decision loss (nats)")
